@@ -1,0 +1,5 @@
+import sys
+
+from framecdn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,37 @@
+"""``framecdn s3``: run the embedded SeaweedFS store in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+from framecdn.embedded_s3 import EmbeddedS3
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "s3",
+        help="run a local S3 store (SeaweedFS) for development",
+        description="Start SeaweedFS (`weed mini`) on loopback with checked credentials, "
+        "create the bucket, print the endpoint and credentials, stop on Ctrl-C.",
+    )
+    parser.add_argument("--data-dir", default=".framecdn-s3", help="where the store keeps data")
+    parser.add_argument("--bucket", default="framecdn")
+    parser.add_argument("--port", type=int, help="first of 5 consecutive ports (S3 is +3)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    store = EmbeddedS3(args.data_dir, bucket=args.bucket, base_port=args.port)
+    store.start()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    print("# framecdn embedded S3 (SeaweedFS) is running; Ctrl-C stops it.")
+    for name, value in store.environment().items():
+        print(f"export {name}={value}")
+    print(f"# data: {store.data_dir}  log: {store.log_path}", flush=True)
+    try:
+        return store.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        store.stop()

@@ -1,0 +1,1 @@
+"""Write side: turn DICOM instances into frame objects, and take them away again."""

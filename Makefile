@@ -1,0 +1,28 @@
+# The two commands of the quick start: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test,bench]"
+	touch $@
+
+## Start a local S3 store, ingest a generated tomosynthesis study, serve it.
+demo: $(BIN)/.installed
+	$(BIN)/framecdn demo
+
+## Run the whole test suite against real servers (SeaweedFS, uvicorn).
+test: $(BIN)/.installed
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Benchmarks (minutes; write their numbers into docs/benchmarks.md).
+bench: $(BIN)/.installed
+	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_origin.py
+
+clean:
+	rm -rf $(VENV) .demo .bench

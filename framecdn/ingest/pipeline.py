@@ -1,0 +1,414 @@
+"""Ingest: split each DICOM instance into frame objects, then metadata, then the index.
+
+The index is written last and is the commit marker: until it exists the origin
+treats the instance as absent, so a crash or Ctrl-C never exposes half an
+instance, and running ingest again completes it. A failed instance's objects are
+removed. Frames are uploaded in parallel, with a global bound on the frames held
+in memory, so memory does not grow with instance size.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from framecdn.framestore.config import Settings
+from framecdn.framestore.index import FrameEntry, InstanceIndex, InvalidIndex, SourceInfo
+from framecdn.framestore.keys import InstanceKey, InvalidUID, KeyLayout
+from framecdn.framestore.retention import tagging
+from framecdn.framestore.s3 import make_client
+from framecdn.framestore.transfer_syntax import content_type
+from framecdn.ingest import metadata
+from framecdn.ingest.splitter import InvalidInstance, SplitInstance, open_instance
+
+log = logging.getLogger(__name__)
+
+Status = Literal["ingested", "skipped", "failed"]
+FINGERPRINT_SPAN = 64 * 1024
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What happened to one source file."""
+
+    source: str
+    status: Status
+    index: InstanceIndex | None = None
+    reason: str = ""
+    frames: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class IngestReport:
+    """The outcome of one ``framecdn ingest`` run."""
+
+    results: list[IngestResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: Status) -> int:
+        return sum(1 for result in self.results if result.status == status)
+
+    @property
+    def frames(self) -> int:
+        return sum(r.frames for r in self.results if r.status == "ingested")
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.bytes for r in self.results if r.status == "ingested")
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0
+
+    def summary(self) -> str:
+        rate = self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.count('ingested')} instances ingested, {self.count('skipped')} unchanged, "
+            f"{self.count('failed')} failed; {self.frames} frames, {self.bytes / 1e6:.1f} MB "
+            f"in {self.seconds:.1f} s ({rate:.1f} MB/s)"
+        )
+
+
+class IngestError(Exception):
+    """An instance could not be stored (the message is one line, for the user)."""
+
+
+def source_fingerprint(path: Path) -> str:
+    """A cheap identity of a file: its size and its first and last 64 KiB.
+
+    A SOP instance never changes under the same UID, so this is enough to tell a
+    re-run over the same file (skip) from a different file claiming the same UID.
+    """
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    digest.update(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(FINGERPRINT_SPAN))
+        if size > FINGERPRINT_SPAN:
+            handle.seek(max(FINGERPRINT_SPAN, size - FINGERPRINT_SPAN))
+            digest.update(handle.read(FINGERPRINT_SPAN))
+    return digest.hexdigest()
+
+
+class Ingestor:
+    """Stores instances in one bucket and prefix. Thread-safe; make one per run."""
+
+    def __init__(self, settings: Settings, client=None, *, force: bool = False) -> None:
+        self.settings = settings
+        self.layout = KeyLayout(settings.prefix)
+        self.force = force
+        self.client = client or make_client(
+            settings, max_connections=settings.ingest_workers + 4
+        )
+        self._uploads = ThreadPoolExecutor(
+            settings.ingest_workers, thread_name_prefix="framecdn-upload"
+        )
+        # At most this many frames are held in memory at once, across all files.
+        self._frames_in_memory = threading.BoundedSemaphore(settings.ingest_workers + 1)
+
+    def close(self) -> None:
+        self._uploads.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Ingestor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Public API ---------------------------------------------------------------
+    def ingest(
+        self,
+        source: str | os.PathLike[str] | BinaryIO,
+        *,
+        name: str | None = None,
+        on_frame: Callable[[int], None] | None = None,
+    ) -> IngestResult:
+        """Store one instance; never raises for a bad file (the result says why)."""
+        label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<stream>")
+        started = time.monotonic()
+        try:
+            index, skipped = self._ingest(source, label, on_frame)
+        except (InvalidInstance, InvalidUID, IngestError) as exc:
+            return IngestResult(label, "failed", reason=str(exc), seconds=_since(started))
+        except (ClientError, BotoCoreError) as exc:
+            return IngestResult(label, "failed", reason=f"S3: {exc}", seconds=_since(started))
+        except OSError as exc:
+            return IngestResult(label, "failed", reason=f"{exc}", seconds=_since(started))
+        except Exception as exc:  # a reader bug must not stop a directory run
+            log.debug("unexpected error on %s", label, exc_info=True)
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+            return IngestResult(label, "failed", reason=reason, seconds=_since(started))
+        return IngestResult(
+            label,
+            "skipped" if skipped else "ingested",
+            index=index,
+            frames=index.number_of_frames,
+            bytes=index.total_frame_bytes,
+            seconds=_since(started),
+        )
+
+    # Steps -------------------------------------------------------------------
+    def _ingest(
+        self,
+        source: str | os.PathLike[str] | BinaryIO,
+        label: str,
+        on_frame: Callable[[int], None] | None,
+    ) -> tuple[InstanceIndex, bool]:
+        path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+        fingerprint = source_fingerprint(path) if path is not None else ""
+        size = path.stat().st_size if path is not None else 0
+        with open_instance(source) as split:
+            dataset = split.dataset
+            key = InstanceKey(
+                str(dataset.StudyInstanceUID),
+                str(dataset.SeriesInstanceUID),
+                str(dataset.SOPInstanceUID),
+            )
+            stored = self.stored_index(key)
+            if stored is not None and not self.force and fingerprint:
+                if stored.source.fingerprint == fingerprint:
+                    return stored, True
+            if stored is not None:
+                log.warning("%s: replacing stored instance %s", label, key.instance)
+                self.client.delete_object(Bucket=self.settings.bucket, Key=self.layout.index(key))
+            source_info = SourceInfo(
+                name=path.name if path is not None else label,
+                size=size,
+                transfer_syntax_uid=split.source_transfer_syntax_uid,
+                fingerprint=fingerprint,
+            )
+            try:
+                return self._write_instance(split, key, source_info, on_frame), False
+            except BaseException:
+                self._discard(key)
+                raise
+
+    def _write_instance(
+        self,
+        split: SplitInstance,
+        key: InstanceKey,
+        source: SourceInfo,
+        on_frame: Callable[[int], None] | None,
+    ) -> InstanceIndex:
+        frames = self._upload_frames(split, key, on_frame)
+        body = metadata.encode(
+            metadata.instance_json(
+                split.dataset,
+                key=key,
+                transfer_syntax_uid=split.transfer_syntax_uid,
+                number_of_frames=split.number_of_frames,
+            )
+        )
+        self._put(self.layout.metadata(key), body, "application/dicom+json")
+        ds = split.dataset
+        index = InstanceIndex(
+            study_instance_uid=key.study,
+            series_instance_uid=key.series,
+            sop_instance_uid=key.instance,
+            sop_class_uid=str(ds.get("SOPClassUID", "")),
+            transfer_syntax_uid=split.transfer_syntax_uid,
+            media_type=split.media_type,
+            number_of_frames=split.number_of_frames,
+            rows=int(ds.get("Rows", 0) or 0),
+            columns=int(ds.get("Columns", 0) or 0),
+            bits_allocated=int(ds.get("BitsAllocated", 0) or 0),
+            bits_stored=int(ds.get("BitsStored", 0) or 0),
+            samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
+            photometric_interpretation=str(ds.get("PhotometricInterpretation", "")),
+            frames=tuple(frames),
+            metadata_size=len(body),
+            metadata_sha256=hashlib.sha256(body).hexdigest(),
+            source=source,
+            ingested_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        # The commit marker: only now does the instance become visible.
+        self._put(self.layout.index(key), index.to_json(), "application/json")
+        return index
+
+    def _upload_frames(
+        self,
+        split: SplitInstance,
+        key: InstanceKey,
+        on_frame: Callable[[int], None] | None,
+    ) -> list[FrameEntry]:
+        media = content_type(split.media_type, split.transfer_syntax_uid)
+        futures: list[Future[FrameEntry]] = []
+        failed = threading.Event()
+
+        def settle(future: Future[FrameEntry]) -> None:
+            self._frames_in_memory.release()
+            if future.cancelled() or future.exception() is not None:
+                failed.set()
+            elif on_frame is not None:
+                on_frame(future.result().size)
+
+        try:
+            for number, frame in enumerate(split.frames(), start=1):
+                if failed.is_set():
+                    break
+                self._frames_in_memory.acquire()
+                future = self._uploads.submit(
+                    self._put, self.layout.frame(key, number), frame, media
+                )
+                future.add_done_callback(settle)
+                futures.append(future)
+                del frame
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            _wait_all(futures)
+            raise
+        entries = [future.result() for future in futures]  # re-raises an upload error
+        if len(entries) != split.number_of_frames:
+            raise IngestError(f"expected {split.number_of_frames} frames, split {len(entries)}")
+        return entries
+
+    def _put(self, object_key: str, body: bytes, media_type: str) -> FrameEntry:
+        digest = hashlib.sha256(body).digest()
+        self.client.put_object(
+            Bucket=self.settings.bucket,
+            Key=object_key,
+            Body=body,
+            ContentType=media_type,
+            ChecksumSHA256=base64.b64encode(digest).decode(),
+            Tagging=tagging(),
+        )
+        return FrameEntry(len(body), digest.hex())
+
+    def stored_index(self, key: InstanceKey) -> InstanceIndex | None:
+        """The committed index of an instance, or None when it is absent or unreadable."""
+        try:
+            response = self.client.get_object(
+                Bucket=self.settings.bucket, Key=self.layout.index(key)
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        try:
+            return InstanceIndex.from_json(response["Body"].read())
+        except InvalidIndex:
+            return None
+
+    def _discard(self, key: InstanceKey) -> None:
+        """Remove every object of a failed instance (index first, though it was never written)."""
+        prefix = self.layout.instance_prefix(key)
+        try:
+            keys = [self.layout.index(key)]
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.settings.bucket, Prefix=prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+            for start in range(0, len(keys), 1000):
+                batch = [{"Key": k} for k in dict.fromkeys(keys[start : start + 1000])]
+                self.client.delete_objects(
+                    Bucket=self.settings.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+        except (ClientError, BotoCoreError) as exc:
+            log.error("could not clean up %s (no index was written, so it stays invisible): %s",
+                      prefix, exc)
+
+
+def _wait_all(futures: Iterable[Future]) -> None:
+    for future in futures:
+        if not future.cancelled():
+            try:
+                future.exception()
+            except BaseException:  # noqa: BLE001 - we only wait here
+                pass
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started
+
+
+def iter_sources(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    """Files named, and files under directories named (recursively, sorted).
+
+    Hidden files and DICOMDIR (a directory record, not an instance) are passed over.
+    """
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            yield path
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith(".") or name.upper() == "DICOMDIR":
+                    continue
+                yield Path(root) / name
+
+
+def ingest_file(
+    path: str | os.PathLike[str], settings: Settings, *, force: bool = False
+) -> InstanceIndex:
+    """Store one file and return its index; raise :class:`IngestError` if it cannot be."""
+    with Ingestor(settings, force=force) as ingestor:
+        result = ingestor.ingest(path)
+    if result.status == "failed" or result.index is None:
+        raise IngestError(f"{result.source}: {result.reason}")
+    return result.index
+
+
+def ingest_paths(
+    paths: Iterable[str | os.PathLike[str]],
+    settings: Settings,
+    *,
+    force: bool = False,
+    progress: bool | None = None,
+    on_result: Callable[[IngestResult], None] | None = None,
+) -> IngestReport:
+    """Store every instance under ``paths``, a few files at a time; report each outcome."""
+    from tqdm import tqdm
+
+    sources = list(iter_sources(paths))
+    total = sum(p.stat().st_size for p in sources if p.is_file())
+    report = IngestReport()
+    started = time.monotonic()
+    file_workers = max(1, min(4, settings.ingest_workers // 2))
+    # progress=None: a bar only when stderr is a terminal.
+    bar = tqdm(
+        total=total, unit="B", unit_scale=True, desc="ingest",
+        disable=None if progress is None else not progress,
+    )
+    lock = threading.Lock()
+
+    def advance(n: int) -> None:
+        with lock:
+            bar.update(n)
+
+    def one(path: Path) -> IngestResult:
+        counted = 0
+
+        def on_frame(size: int) -> None:
+            nonlocal counted
+            counted += size
+            advance(size)
+
+        result = ingestor.ingest(path, on_frame=on_frame)
+        if path.is_file():
+            advance(max(0, path.stat().st_size - counted))
+        return result
+
+    with Ingestor(settings, force=force) as ingestor, ThreadPoolExecutor(file_workers) as files:
+        for result in files.map(one, sources):
+            report.results.append(result)
+            if on_result is not None:
+                on_result(result)
+    bar.close()
+    report.seconds = _since(started)
+    return report

@@ -1,0 +1,188 @@
+"""The shared contract: keys, UIDs, index schema, configuration, clients and presigning."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+from botocore.exceptions import ClientError
+
+from framecdn.framestore.config import Settings, environment_table
+from framecdn.framestore.index import FrameEntry, InstanceIndex, InvalidIndex, SourceInfo
+from framecdn.framestore.keys import InstanceKey, InvalidUID, KeyLayout, validate_uid
+from framecdn.framestore.s3 import Presigner, make_client
+from framecdn.framestore.transfer_syntax import (
+    UnsupportedTransferSyntax,
+    content_type,
+    stored_representation,
+)
+
+KEY = InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.5")
+
+
+@pytest.mark.parametrize(
+    "uid",
+    ["", "1.2.a", "1..2", "../etc", "1.2/3", "1" * 65, "1.2.3 ", ".1.2", "1.2."],
+)
+def test_bad_uids_never_become_keys(uid: str) -> None:
+    with pytest.raises(InvalidUID):
+        validate_uid(uid)
+
+
+def test_uid_of_64_characters_is_accepted() -> None:
+    uid = "1." + "2" * 62
+    assert validate_uid(uid) == uid
+
+
+def test_key_layout_mirrors_dicomweb_urls() -> None:
+    layout = KeyLayout("clinic-a")
+    assert layout.frame(KEY, 7) == "clinic-a/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/7"
+    assert layout.metadata(KEY).endswith("/instances/1.2.3.4.5/metadata")
+    assert layout.index(KEY).endswith("/instances/1.2.3.4.5/index.json")
+    assert KeyLayout("").frame(KEY, 1).startswith("studies/1.2.3/")
+    assert KeyLayout("/a/b/").prefix == "a/b/"
+    with pytest.raises(ValueError):
+        layout.frame(KEY, 0)
+    with pytest.raises(ValueError):
+        KeyLayout("a/../b")
+
+
+def test_parse_index_key_round_trips_and_rejects_others() -> None:
+    layout = KeyLayout("p")
+    assert layout.parse_index_key(layout.index(KEY)) == KEY
+    assert layout.parse_index_key(layout.frame(KEY, 1)) is None
+    assert layout.parse_index_key("q/" + layout.index(KEY)[2:]) is None
+
+
+def _index(frames: int = 2) -> InstanceIndex:
+    return InstanceIndex(
+        study_instance_uid=KEY.study,
+        series_instance_uid=KEY.series,
+        sop_instance_uid=KEY.instance,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.13.1.3",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        media_type="application/octet-stream",
+        number_of_frames=frames,
+        rows=2,
+        columns=2,
+        bits_allocated=16,
+        bits_stored=12,
+        samples_per_pixel=1,
+        photometric_interpretation="MONOCHROME2",
+        frames=tuple(FrameEntry(8, f"{i:064x}") for i in range(frames)),
+        metadata_size=10,
+        metadata_sha256="0" * 64,
+        source=SourceInfo("a.dcm", 100, "1.2.840.10008.1.2", "f" * 64),
+        ingested_at="2026-11-25T00:00:00+00:00",
+    )
+
+
+def test_index_round_trips_through_json() -> None:
+    index = _index()
+    again = InstanceIndex.from_json(index.to_json())
+    assert again == index
+    assert again.frame(2).sha256 == f"{1:064x}"
+    assert again.total_frame_bytes == 16
+    with pytest.raises(IndexError):
+        again.frame(3)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda raw: raw.replace(b'"schema":1', b'"schema":99'),
+        lambda raw: raw.replace(b'"number_of_frames":2', b'"number_of_frames":3'),
+        lambda raw: raw[:-5],
+        lambda raw: raw.replace(b'"frames":', b'"framez":'),
+    ],
+)
+def test_malformed_index_is_refused(mutate) -> None:
+    with pytest.raises(InvalidIndex):
+        InstanceIndex.from_json(mutate(_index().to_json()))
+
+
+def test_transfer_syntax_representations() -> None:
+    assert stored_representation("1.2.840.10008.1.2.2") == (
+        "1.2.840.10008.1.2.1",
+        "application/octet-stream",
+    )
+    assert stored_representation("1.2.840.10008.1.2.4.90") == (
+        "1.2.840.10008.1.2.4.90",
+        "image/jp2",
+    )
+    assert stored_representation("1.2.840.10008.1.2.4.201")[1] == "image/jphc"
+    with pytest.raises(UnsupportedTransferSyntax):
+        stored_representation("1.2.840.10008.1.2.4.100")  # MPEG2 video
+    assert (
+        content_type("image/jls", "1.2.840.10008.1.2.4.80")
+        == "image/jls; transfer-syntax=1.2.840.10008.1.2.4.80"
+    )
+
+
+def test_settings_from_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "FRAMECDN_S3_ENDPOINT": "http://s3.local:9000",
+            "FRAMECDN_BUCKET": "frames",
+            "FRAMECDN_PREFIX": "clinic-b",
+            "FRAMECDN_DELIVERY": "redirect",
+            "FRAMECDN_CORS_ORIGINS": "https://a.example, https://b.example",
+            "FRAMECDN_INGEST_WORKERS": "3",
+            "AWS_REGION": "eu-west-1",
+        }
+    )
+    assert settings.s3_endpoint == "http://s3.local:9000"
+    assert settings.public_endpoint == "http://s3.local:9000"
+    assert settings.bucket == "frames" and settings.prefix == "clinic-b"
+    assert settings.delivery == "redirect"
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.ingest_workers == 3 and settings.aws_region == "eu-west-1"
+    with pytest.raises(ValueError, match="delivery"):
+        Settings.from_env({"FRAMECDN_DELIVERY": "teleport"})
+    with pytest.raises(ValueError, match="FRAMECDN_PORT"):
+        Settings.from_env({"FRAMECDN_PORT": "eighty"})
+    assert "`FRAMECDN_S3_PUBLIC_ENDPOINT`" in environment_table()
+
+
+def test_store_checks_signatures(s3_store, settings) -> None:
+    wrong = make_client(settings.with_overrides(aws_secret_access_key="not-the-secret"))
+    with pytest.raises(ClientError) as caught:
+        wrong.list_objects_v2(Bucket=settings.bucket)
+    assert caught.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+
+
+def test_store_verifies_checksums(s3_client, settings) -> None:
+    import base64
+    import hashlib
+
+    with pytest.raises(ClientError) as caught:
+        s3_client.put_object(
+            Bucket=settings.bucket,
+            Key=f"{settings.prefix}/bad",
+            Body=b"frame bytes",
+            ChecksumSHA256=base64.b64encode(hashlib.sha256(b"other").digest()).decode(),
+        )
+    assert caught.value.response["Error"]["Code"] == "BadDigest"
+
+
+def test_presigned_url_is_stable_within_its_window_and_fetches(s3_client, settings) -> None:
+    key = f"{settings.prefix}/studies/1/frames/1"
+    s3_client.put_object(Bucket=settings.bucket, Key=key, Body=b"\x01\x02\x03")
+    presigner = Presigner.public(settings.with_overrides(presign_window_seconds=600))
+    now = 1_800_000_000 - 1_800_000_000 % 600  # the start of a window
+    url = presigner.url(key, now=now + 1)
+    assert url == presigner.url(key, now=now + 599)
+    assert url != presigner.url(key, now=now + 600)
+    # A URL signed now is accepted by the store (signatures checked).
+    with urllib.request.urlopen(presigner.url(key)) as response:
+        assert response.read() == b"\x01\x02\x03"
+    forged = Presigner.public(settings.with_overrides(aws_secret_access_key="forged"))
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(forged.url(key))
+    assert caught.value.code == 403
+
+
+def test_presigned_url_uses_the_public_endpoint(settings) -> None:
+    public = settings.with_overrides(s3_public_endpoint="https://frames.example.org")
+    assert Presigner.public(public).url("a/b").startswith("https://frames.example.org/")

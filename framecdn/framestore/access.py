@@ -14,8 +14,9 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
-from framecdn.framestore.keys import KeyLayout, validate_uid
+from framecdn.framestore.keys import KeyLayout, is_valid_uid, validate_uid
 
 ACCESS_FLUSH_SECONDS = 3600
 
@@ -68,3 +69,53 @@ class AccessRecorder:
             for study, _ in ready:
                 self._last_flush[study] = now
         yield from ready
+
+
+# Reading side (the sweeper) ------------------------------------------------
+
+
+def study_from_marker_key(layout: KeyLayout, key: str) -> str | None:
+    """The study a marker key belongs to, or None for any other key."""
+    prefix = access_prefix(layout)
+    if not key.startswith(prefix):
+        return None
+    study = key[len(prefix) :]
+    return study if is_valid_uid(study) else None
+
+
+def list_marker_keys(client, bucket: str, layout: KeyLayout) -> dict[str, str]:
+    """Study UID -> marker key, for every marker under the prefix (one LIST per 1000)."""
+    found: dict[str, str] = {}
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=access_prefix(layout)):
+        for obj in page.get("Contents", []):
+            study = study_from_marker_key(layout, obj["Key"])
+            if study is not None:
+                found[study] = obj["Key"]
+    return found
+
+
+def read_marker(client, bucket: str, key: str) -> float | None:
+    """The last-access time stored in one marker, or None if it vanished or is unreadable."""
+    try:
+        raw = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return None
+    try:
+        return decode_marker(raw)[1]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def read_last_access(
+    client, bucket: str, layout: KeyLayout, *, workers: int = 8
+) -> dict[str, float]:
+    """Study UID -> last access (unix seconds), from every marker under the prefix."""
+    keys = list_marker_keys(client, bucket, layout)
+    if not keys:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
+        values = pool.map(lambda key: read_marker(client, bucket, key), keys.values())
+        return {
+            study: seen for study, seen in zip(keys, values, strict=True) if seen is not None
+        }

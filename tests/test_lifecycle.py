@@ -1,0 +1,202 @@
+"""Lifecycle rules on the real SeaweedFS: stored as meant, merged with foreign rules, enforced.
+
+Lifecycle configuration is bucket-wide, so every test here works in a bucket of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from datetime import date
+
+import pytest
+
+from framecdn.cli import lifecycle as lifecycle_cli
+from framecdn.framestore.keys import KeyLayout
+from framecdn.framestore.retention import RETENTION_TAG
+from framecdn.ingest import lifecycle
+from framecdn.ingest.pinning import pin
+from framecdn.ingest.pipeline import ingest_file
+from framecdn.synthetic import write_tomosynthesis
+from tests.conftest import list_keys
+
+FOREIGN = {
+    "ID": "logs-cleanup",
+    "Status": "Enabled",
+    "Filter": {"Prefix": "logs/"},
+    "Expiration": {"Days": 3},
+}
+
+
+@pytest.fixture
+def own_bucket(s3_store, settings):
+    """Settings for a bucket of this test's own (lifecycle rules are bucket-wide)."""
+    bucket = f"lc-{uuid.uuid4().hex[:12]}"
+    s3_store.ensure_bucket(bucket)
+    return settings.with_overrides(bucket=bucket)
+
+
+def run_cli(argv: list[str], monkeypatch, s3_store) -> int:
+    for name, value in s3_store.environment().items():
+        monkeypatch.setenv(name, value)
+    parser = argparse.ArgumentParser(prog="framecdn")
+    lifecycle_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_rules_are_exactly_prefix_and_tag_scoped():
+    rules = lifecycle.build_rules(
+        KeyLayout("clinic-a"), lifecycle.Policy(days=30, large_bytes=1_000_000, large_days=7)
+    )
+    assert [r["ID"] for r in rules] == [
+        "framecdn:clinic-a/:expire",
+        "framecdn:clinic-a/:expire-large",
+        "framecdn:clinic-a/:abort-multipart",
+    ]
+    expire, large, abort = rules
+    assert expire["Filter"] == {
+        "And": {"Prefix": "clinic-a/studies/", "Tags": [{"Key": RETENTION_TAG, "Value": "cache"}]}
+    }
+    assert expire["Expiration"] == {"Days": 30}
+    assert large["Filter"]["And"]["ObjectSizeGreaterThan"] == 1_000_000
+    assert large["Expiration"] == {"Days": 7}
+    assert abort["Filter"] == {"Prefix": "clinic-a/studies/"}
+    assert abort["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+
+
+def test_policy_refuses_nonsense():
+    with pytest.raises(ValueError):
+        lifecycle.Policy(days=None, date=None)
+    with pytest.raises(ValueError):
+        lifecycle.Policy(days=7, large_bytes=1000, large_days=7)  # tier must be sooner
+    with pytest.raises(ValueError):
+        lifecycle.Policy(days=7, large_bytes=1000)
+
+
+def test_one_prefix_rules_never_claim_a_longer_prefix():
+    rule = {"ID": "framecdn:a/b/:expire"}
+    assert lifecycle.is_ours(rule, KeyLayout("a/b"))
+    assert not lifecycle.is_ours(rule, KeyLayout("a"))
+    assert not lifecycle.is_ours(rule, KeyLayout(""))
+
+
+def test_no_configuration_reads_as_no_rules(s3_client, own_bucket):
+    assert lifecycle.get_rules(s3_client, own_bucket.bucket) == []
+
+
+def test_apply_is_idempotent_and_keeps_foreign_rules(s3_client, own_bucket):
+    bucket = own_bucket.bucket
+    s3_client.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [FOREIGN]}
+    )
+    clinic_a, clinic_b = KeyLayout("clinic-a"), KeyLayout("clinic-b")
+    policy = lifecycle.Policy(days=30, large_bytes=1 << 20, large_days=7)
+
+    assert lifecycle.apply(s3_client, bucket, clinic_a, policy).changed
+    assert not lifecycle.apply(s3_client, bucket, clinic_a, policy).changed
+    assert lifecycle.apply(s3_client, bucket, clinic_b, lifecycle.Policy(days=90)).changed
+
+    rules = {r["ID"]: r for r in lifecycle.get_rules(s3_client, bucket)}
+    assert set(rules) == {
+        "logs-cleanup",
+        "framecdn:clinic-a/:expire",
+        "framecdn:clinic-a/:expire-large",
+        "framecdn:clinic-a/:abort-multipart",
+        "framecdn:clinic-b/:expire",
+        "framecdn:clinic-b/:abort-multipart",
+    }
+    assert rules["logs-cleanup"]["Filter"] == {"Prefix": "logs/"}
+    assert rules["logs-cleanup"]["Expiration"] == {"Days": 3}
+
+    # A new policy replaces our rules for that prefix, and only them.
+    assert lifecycle.apply(s3_client, bucket, clinic_a, lifecycle.Policy(days=10)).changed
+    rules = {r["ID"]: r for r in lifecycle.get_rules(s3_client, bucket)}
+    assert rules["framecdn:clinic-a/:expire"]["Expiration"] == {"Days": 10}
+    assert "framecdn:clinic-a/:expire-large" not in rules
+    assert rules["framecdn:clinic-b/:expire"]["Expiration"] == {"Days": 90}
+
+
+def test_remove_takes_only_ours_and_is_idempotent(s3_client, own_bucket):
+    bucket = own_bucket.bucket
+    s3_client.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [FOREIGN]}
+    )
+    layout, other = KeyLayout("clinic-a"), KeyLayout("clinic-b")
+    lifecycle.apply(s3_client, bucket, layout, lifecycle.Policy(days=30))
+    lifecycle.apply(s3_client, bucket, other, lifecycle.Policy(days=30))
+
+    assert lifecycle.remove(s3_client, bucket, layout).changed
+    assert not lifecycle.remove(s3_client, bucket, layout).changed
+    ids = {r["ID"] for r in lifecycle.get_rules(s3_client, bucket)}
+    assert ids == {"logs-cleanup", "framecdn:clinic-b/:expire", "framecdn:clinic-b/:abort-multipart"}
+
+
+def test_remove_of_the_last_rules_deletes_the_configuration(s3_client, own_bucket):
+    layout = KeyLayout(own_bucket.prefix)
+    lifecycle.apply(s3_client, own_bucket.bucket, layout, lifecycle.Policy(days=5))
+    assert lifecycle.remove(s3_client, own_bucket.bucket, layout).changed
+    assert lifecycle.get_rules(s3_client, own_bucket.bucket) == []
+
+
+def test_show_says_what_rules_mean(s3_client, own_bucket):
+    bucket = own_bucket.bucket
+    s3_client.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [FOREIGN]}
+    )
+    layout = KeyLayout("clinic-a")
+    lifecycle.apply(
+        s3_client, bucket, layout, lifecycle.Policy(days=30, large_bytes=1_000_000, large_days=7)
+    )
+    text = lifecycle.show(lifecycle.get_rules(s3_client, bucket), layout)
+    assert "[foreign] logs-cleanup: objects under 'logs/' are deleted 3 days after" in text
+    assert (
+        "objects under 'clinic-a/studies/' tagged framecdn-retention=cache are deleted "
+        "30 days after they were written (framecdn-retention=pinned objects are kept)"
+    ) in text
+    assert "larger than 1,000,000 bytes are deleted 7 days after" in text
+    assert "unfinished multipart uploads under 'clinic-a/studies/' are aborted 1 day" in text
+    assert lifecycle.show([], layout).startswith("no lifecycle rules")
+
+
+def test_cli_apply_show_remove(s3_client, own_bucket, monkeypatch, s3_store, capsys):
+    flags = ["--bucket", own_bucket.bucket, "--prefix", "clinic-z"]
+    assert run_cli(["lifecycle", "apply", "--days", "14", *flags], monkeypatch, s3_store) == 0
+    assert "rules installed" in capsys.readouterr().out
+    assert run_cli(["lifecycle", "apply", "--days", "14", *flags], monkeypatch, s3_store) == 0
+    assert "nothing changed" in capsys.readouterr().out
+    assert run_cli(["lifecycle", "show", *flags], monkeypatch, s3_store) == 0
+    assert "deleted 14 days after they were written" in capsys.readouterr().out
+    assert run_cli(["lifecycle", "apply", "--large-days", "3", *flags], monkeypatch, s3_store) == 2
+    assert run_cli(["lifecycle", "remove", *flags], monkeypatch, s3_store) == 0
+    assert lifecycle.get_rules(s3_client, own_bucket.bucket) == []
+
+
+def _ingest(tmp_path, settings, name: str, **uids):
+    generated = write_tomosynthesis(tmp_path / f"{name}.dcm", frames=3, rows=32, columns=32, **uids)
+    return ingest_file(generated.path, settings)
+
+
+def test_lifecycle_pass_expires_cache_keeps_pinned_and_other_prefixes(
+    s3_store, s3_client, own_bucket, tmp_path
+):
+    """The real thing: a past Expiration.Date plus SeaweedFS's own pass deletes objects."""
+    bucket = own_bucket.bucket
+    layout = KeyLayout(own_bucket.prefix)
+    other_clinic = own_bucket.with_overrides(prefix=f"{own_bucket.prefix}-other")
+
+    cached = _ingest(tmp_path, own_bucket, "cached")
+    kept = _ingest(tmp_path, own_bucket, "kept")
+    elsewhere = _ingest(tmp_path, other_clinic, "elsewhere")
+    s3_client.put_object(Bucket=bucket, Key="logs/today", Body=b"x", Tagging=f"{RETENTION_TAG}=cache")
+    pin(s3_client, bucket, layout, kept.study_instance_uid)
+
+    lifecycle.apply(s3_client, bucket, layout, lifecycle.Policy(days=None, date=date(2020, 1, 1)))
+    s3_store.run_lifecycle_pass()
+
+    assert list_keys(s3_client, bucket, layout.instance_prefix(cached.key)) == []
+    kept_keys = list_keys(s3_client, bucket, layout.instance_prefix(kept.key))
+    assert len(kept_keys) == kept.number_of_frames + 2  # frames, metadata, index
+    other_layout = KeyLayout(other_clinic.prefix)
+    assert len(list_keys(s3_client, bucket, other_layout.instance_prefix(elsewhere.key))) == 5
+    assert list_keys(s3_client, bucket, "logs/") == ["logs/today"]

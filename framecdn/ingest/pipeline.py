@@ -87,6 +87,10 @@ class IngestError(Exception):
     """An instance could not be stored (the message is one line, for the user)."""
 
 
+class IngestCancelled(BaseException):
+    """Raised inside a worker when the run is interrupted, so the instance is cleaned up."""
+
+
 def source_fingerprint(path: Path) -> str:
     """A cheap identity of a file: its size and its first and last 64 KiB.
 
@@ -119,6 +123,11 @@ class Ingestor:
         )
         # At most this many frames are held in memory at once, across all files.
         self._frames_in_memory = threading.BoundedSemaphore(settings.ingest_workers + 1)
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop every instance in progress; each removes what it wrote."""
+        self._cancelled.set()
 
     def close(self) -> None:
         self._uploads.shutdown(wait=True, cancel_futures=True)
@@ -258,6 +267,8 @@ class Ingestor:
 
         try:
             for number, frame in enumerate(split.frames(), start=1):
+                if self._cancelled.is_set():
+                    raise IngestCancelled()
                 if failed.is_set():
                     break
                 self._frames_in_memory.acquire()
@@ -404,11 +415,26 @@ def ingest_paths(
             advance(max(0, path.stat().st_size - counted))
         return result
 
+    def one_or_cancelled(path: Path) -> IngestResult | None:
+        try:
+            return one(path)
+        except IngestCancelled:
+            return None
+
     with Ingestor(settings, force=force) as ingestor, ThreadPoolExecutor(file_workers) as files:
-        for result in files.map(one, sources):
-            report.results.append(result)
-            if on_result is not None:
-                on_result(result)
-    bar.close()
+        try:
+            for result in files.map(one_or_cancelled, sources):
+                if result is None:
+                    continue
+                report.results.append(result)
+                if on_result is not None:
+                    on_result(result)
+        except KeyboardInterrupt:
+            # Workers notice between frames, remove what they wrote, and stop.
+            ingestor.cancel()
+            files.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            bar.close()
     report.seconds = _since(started)
     return report

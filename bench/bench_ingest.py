@@ -1,0 +1,123 @@
+"""Ingest throughput and memory, against plain parallel boto3 PUTs of the same bytes.
+
+One run, one embedded SeaweedFS: generate a 60-frame 2457x1890 16-bit tomosynthesis
+instance (~557 MB), then alternately
+
+- baseline: put every frame's bytes (read from the file at its offset) as its own
+  object with boto3 from a pool of threads, nothing else;
+- ingest: ``framecdn ingest`` in a subprocess (header parse, split, SHA-256,
+  checksummed + tagged PUTs, metadata, index), its peak RSS measured by the OS.
+
+The figure is the ratio ingest MB/s / baseline MB/s (aim >= 0.8) and the peak RSS
+(aim < 200 MB, flat in the frame count). Usage::
+
+    .venv/bin/python bench/bench_ingest.py [--frames 60] [--repeats 3] [--workers 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pydicom
+
+from framecdn.embedded_s3 import EmbeddedS3
+from framecdn.framestore.s3 import make_client
+from framecdn.synthetic import write_tomosynthesis
+
+
+def pixel_data_offset(path: Path) -> int:
+    """File offset of the first Pixel Data byte (the generated file's last element)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    frames, length = int(ds.NumberOfFrames), ds.Rows * ds.Columns * ds.BitsAllocated // 8
+    return path.stat().st_size - frames * length - (frames * length) % 2
+
+
+def baseline_puts(store: EmbeddedS3, path: Path, frames: int, length: int, workers: int) -> float:
+    """Seconds to PUT every frame's bytes as plain objects from ``workers`` threads."""
+    client = make_client(store.settings(), max_connections=workers + 4)
+    offset = pixel_data_offset(path)
+    prefix = f"baseline-{uuid.uuid4().hex[:8]}"
+
+    def put(number: int) -> None:
+        with open(path, "rb") as handle:
+            handle.seek(offset + (number - 1) * length)
+            body = handle.read(length)
+        client.put_object(Bucket=store.bucket, Key=f"{prefix}/{number}", Body=body)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(put, range(1, frames + 1)))
+    return time.perf_counter() - started
+
+
+def framecdn_ingest(store: EmbeddedS3, path: Path, workers: int) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of one ``framecdn ingest`` subprocess."""
+    env = dict(os.environ, **store.environment(), FRAMECDN_PREFIX=f"bench-{uuid.uuid4().hex[:8]}")
+    command = [sys.executable, "-m", "framecdn", "ingest", "--no-progress",
+               "--workers", str(workers), str(path)]
+    started = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # the child execs the ingest so its rusage is its own
+        os.execve(sys.executable, command, env)
+    _, status, usage = os.wait4(pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"ingest failed with {os.waitstatus_to_exitcode(status)}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--rows", type=int, default=2457)
+    parser.add_argument("--columns", type=int, default=1890)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="framecdn-bench-") as tmp:
+        tmp_path = Path(tmp)
+        big = write_tomosynthesis(tmp_path / "tomo.dcm", frames=args.frames, rows=args.rows,
+                                  columns=args.columns)
+        small = write_tomosynthesis(tmp_path / "tomo-small.dcm", frames=max(1, args.frames // 3),
+                                    rows=args.rows, columns=args.columns, seed=7)
+        length = big.frame_length
+        total_mb = args.frames * length / 1e6
+        with EmbeddedS3(tmp_path / "s3", bucket="bench") as store:
+            base_s, ingest_s, rss = [], [], []
+            for _ in range(args.repeats):
+                base_s.append(baseline_puts(store, big.path, args.frames, length, args.workers))
+                seconds, peak = framecdn_ingest(store, big.path, args.workers)
+                ingest_s.append(seconds)
+                rss.append(peak)
+            _, small_rss = framecdn_ingest(store, small.path, args.workers)
+
+    base_med, ingest_med = statistics.median(base_s), statistics.median(ingest_s)
+    ratio = base_med / ingest_med
+    rows = [
+        ("instance", f"{args.frames} frames x {args.rows}x{args.columns} x 16 bit = {total_mb:.0f} MB"),
+        ("baseline: plain parallel PUTs (median)", f"{base_med:.2f} s, {total_mb / base_med:.0f} MB/s"),
+        ("framecdn ingest, whole CLI run (median)", f"{ingest_med:.2f} s, {total_mb / ingest_med:.0f} MB/s"),
+        ("ratio ingest / baseline throughput", f"{ratio:.2f} (aim >= 0.8)"),
+        (f"peak RSS, {args.frames} frames (max of {args.repeats})", f"{max(rss):.0f} MB (aim < 200 MB)"),
+        (f"peak RSS, {small.number_of_frames} frames", f"{small_rss:.0f} MB"),
+        ("runs (baseline s / ingest s)", ", ".join(f"{b:.2f}/{i:.2f}" for b, i in zip(base_s, ingest_s))),
+    ]
+    print(f"\n{time.strftime('%Y-%m-%d')} · {platform.node()} · {os.cpu_count()} cores · "
+          f"Python {platform.python_version()} · {args.workers} upload workers\n")
+    print("| measure | result |\n| --- | --- |")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()

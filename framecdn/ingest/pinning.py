@@ -1,0 +1,56 @@
+"""Pinning: retag a study's (or series') objects so the expiry rule no longer matches them.
+
+The expiry rule filters on ``framecdn-retention=cache``; an object tagged
+``pinned`` is out of its reach while the rule itself stays untouched. Other tags
+on an object are kept. Frames and metadata are retagged first and each index
+last, because the index's tag is what stats and the sweeper read for the instance.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from framecdn.framestore.keys import KeyLayout
+from framecdn.framestore.retention import CACHE, PINNED, RETENTION_TAG
+from framecdn.ingest.eviction import NothingStored, find_objects
+
+
+@dataclass(frozen=True, slots=True)
+class PinReport:
+    value: str
+    instances: int
+    objects: int
+    bytes: int
+
+
+def retag(client, bucket: str, key: str, value: str) -> None:
+    """Set our retention tag on one object, keeping its other tags."""
+    tags = client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
+    tags = [tag for tag in tags if tag["Key"] != RETENTION_TAG]
+    tags.append({"Key": RETENTION_TAG, "Value": value})
+    client.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": tags})
+
+
+def pin(
+    client,
+    bucket: str,
+    layout: KeyLayout,
+    study: str,
+    *,
+    series: str | None = None,
+    unpin: bool = False,
+    workers: int = 8,
+) -> PinReport:
+    """Tag every object of the study (or series) ``pinned``, or back to ``cache``."""
+    value = CACHE if unpin else PINNED
+    found = find_objects(client, bucket, layout, study=study, series=series)
+    if not found:
+        raise NothingStored(f"nothing stored for study {study}" + (f" series {series}" if series else ""))
+    objects = [obj for group in found.values() for obj in group]
+    body = [obj.key for obj in objects if not obj.key.endswith("/index.json")]
+    indexes = [obj.key for obj in objects if obj.key.endswith("/index.json")]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for keys in (body, indexes):
+            list(pool.map(lambda key: retag(client, bucket, key, value), keys))
+    return PinReport(value, len(found), len(objects), sum(obj.size for obj in objects))

@@ -1,0 +1,243 @@
+"""The access-aware sweeper: evict the least recently read studies until under a budget.
+
+Lifecycle expiry counts from the write, so a study read every day still expires.
+The origin leaves a last-access marker per study (at most one write per study per
+hour, see ``framestore.access``); the sweeper, run on a schedule, reads them and:
+
+1. removes half-evicted instances (an index whose frames or metadata are gone),
+   index first, and orphans without an index older than a grace period (an ingest
+   that died; a running ingest is younger than the grace);
+2. evicts whole studies, least recently used first, until the prefix's usage is at
+   most ``max_bytes``. A study's recency is the later of its last access and its
+   last ingest, so a never-read study ranks by when it was written. Pinned
+   studies are never evicted;
+3. drops markers of studies that are no longer stored;
+4. optionally refreshes the expiry clock of studies read since they were written,
+   by copying each object onto itself, where the store makes that safe.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from framecdn.framestore.access import list_marker_keys, read_last_access
+from framecdn.framestore.keys import InstanceKey, KeyLayout
+from framecdn.framestore.retention import CACHE
+from framecdn.ingest.eviction import delete_keys, evict_objects
+from framecdn.ingest.stats import PrefixInventory, StudyInventory, take_inventory
+
+ORPHAN_GRACE = timedelta(days=1)
+
+#: Server header -> can a copy onto itself reset the lifecycle clock safely?
+REFRESH_SAFE = {
+    "AmazonS3": True,  # Last-Modified is reset; Days count from it
+    "MinIO": True,  # same
+    "SeaweedFS": False,  # see docs/operations.md: not a safe refresh there
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A study the sweeper may evict, with what its rank is based on."""
+
+    study: str
+    bytes: int
+    recency: float  # unix seconds: later of last access and last ingest
+    last_access: float | None
+    pinned: bool
+
+
+@dataclass(slots=True)
+class SweepReport:
+    usage_before: int = 0
+    usage_after: int = 0
+    max_bytes: int | None = None
+    evicted: list[Candidate] = field(default_factory=list)
+    repaired: list[InstanceKey] = field(default_factory=list)
+    orphans: list[InstanceKey] = field(default_factory=list)
+    markers_removed: list[str] = field(default_factory=list)
+    refreshed: list[str] = field(default_factory=list)
+    refresh_note: str = ""
+    pinned_bytes: int = 0
+    dry_run: bool = False
+
+    @property
+    def over_budget(self) -> bool:
+        return self.max_bytes is not None and self.usage_after > self.max_bytes
+
+    def summary(self) -> str:
+        verb = "would evict" if self.dry_run else "evicted"
+        lines = [
+            f"usage {self.usage_before} -> {self.usage_after} bytes"
+            + (f" (budget {self.max_bytes})" if self.max_bytes is not None else ""),
+            f"{verb} {len(self.evicted)} studies (least recently used first): "
+            + (", ".join(c.study for c in self.evicted) or "none"),
+            f"half-evicted instances cleaned: {len(self.repaired)}; orphans: {len(self.orphans)}; "
+            f"stale access markers: {len(self.markers_removed)}",
+        ]
+        if self.refreshed or self.refresh_note:
+            lines.append(f"refreshed {len(self.refreshed)} studies. {self.refresh_note}".strip())
+        if self.over_budget:
+            lines.append(
+                f"still over budget: {self.pinned_bytes} bytes are pinned and cannot be evicted"
+            )
+        return "\n".join(lines)
+
+
+def rank(
+    inventory: PrefixInventory, last_access: dict[str, float]
+) -> list[Candidate]:
+    """Every stored study, least recently used first."""
+    candidates = []
+    for study in inventory.studies.values():
+        seen = last_access.get(study.study)
+        recency = max(seen or 0.0, study.written.timestamp())
+        candidates.append(Candidate(study.study, study.bytes, recency, seen, study.pinned))
+    return sorted(candidates, key=lambda c: (c.recency, c.study))
+
+
+def choose(candidates: list[Candidate], usage: int, max_bytes: int) -> list[Candidate]:
+    """The least recently used unpinned studies whose removal brings usage to max_bytes."""
+    chosen: list[Candidate] = []
+    for candidate in candidates:
+        if usage <= max_bytes:
+            break
+        if candidate.pinned:
+            continue
+        chosen.append(candidate)
+        usage -= candidate.bytes
+    return chosen
+
+
+def refresh_support(client, bucket: str) -> tuple[bool, str]:
+    """Whether a self-copy safely restarts the lifecycle clock on this store, and why."""
+    headers = client.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]
+    server = headers.get("server", "")
+    for name, safe in REFRESH_SAFE.items():
+        if server.startswith(name):
+            return safe, f"store is {server}"
+    return False, f"store {server or '(no Server header)'} is not known to reset expiry on copy"
+
+
+def refresh_study(client, bucket: str, study: StudyInventory, *, workers: int = 8) -> int:
+    """Copy each cache-tagged object of the study onto itself, indexes last.
+
+    Content-Type, user metadata and tags are kept (REPLACE with the same values,
+    since S3 refuses a self-copy that changes nothing).
+    """
+
+    def copy(key: str) -> None:
+        head = client.head_object(Bucket=bucket, Key=key)
+        extra = {"CacheControl": head["CacheControl"]} if head.get("CacheControl") else {}
+        client.copy_object(
+            Bucket=bucket,
+            Key=key,
+            CopySource={"Bucket": bucket, "Key": key},
+            MetadataDirective="REPLACE",
+            TaggingDirective="COPY",
+            ContentType=head.get("ContentType", "application/octet-stream"),
+            Metadata=head.get("Metadata", {}),
+            **extra,
+        )
+
+    instances = [i for i in study.instances.values() if i.retention == CACHE]
+    body = [o.key for i in instances for o in i.objects if i.index_object is not o]
+    indexes = [i.index_object.key for i in instances if i.index_object is not None]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for keys in (body, indexes):
+            list(pool.map(copy, keys))
+    return len(body) + len(indexes)
+
+
+def sweep(
+    client,
+    bucket: str,
+    layout: KeyLayout,
+    *,
+    max_bytes: int | None = None,
+    refresh_after: timedelta | None = None,
+    force_refresh: bool = False,
+    orphan_grace: timedelta = ORPHAN_GRACE,
+    dry_run: bool = False,
+    now: float | None = None,
+    workers: int = 8,
+) -> SweepReport:
+    """One sweeper run over one prefix (see the module docstring for the steps)."""
+    now = time.time() if now is None else now
+    report = SweepReport(max_bytes=max_bytes, dry_run=dry_run)
+    inventory = take_inventory(client, bucket, layout, workers=workers)
+    report.usage_before = inventory.bytes
+
+    # 1. Half-evicted instances and dead ingests.
+    broken = {}
+    oldest_orphan = datetime.fromtimestamp(now, timezone.utc) - orphan_grace
+    for instance in inventory.instances:
+        if instance.index_object is not None and instance.complete is False:
+            report.repaired.append(instance.key)
+            broken[instance.key] = instance.objects
+        elif instance.index_object is None and instance.written < oldest_orphan:
+            report.orphans.append(instance.key)
+            broken[instance.key] = instance.objects
+    if broken:
+        evict_objects(client, bucket, broken, dry_run=dry_run)
+        _forget(inventory, broken)
+
+    # 2. Least recently used studies until under budget.
+    last_access = read_last_access(client, bucket, layout, workers=workers)
+    ranked = rank(inventory, last_access)
+    report.pinned_bytes = sum(study.pinned_bytes for study in inventory.studies.values())
+    if max_bytes is not None:
+        report.evicted = choose(ranked, inventory.bytes, max_bytes)
+        for candidate in report.evicted:
+            study = inventory.studies[candidate.study]
+            found = {key: inst.objects for key, inst in study.instances.items()}
+            evict_objects(client, bucket, found, dry_run=dry_run)
+            del inventory.studies[candidate.study]
+
+    # 3. Markers of studies that are gone.
+    stale = [
+        key for study, key in list_marker_keys(client, bucket, layout).items()
+        if study not in inventory.studies
+    ]
+    if stale and not dry_run:
+        delete_keys(client, bucket, stale)
+    report.markers_removed = stale
+
+    # 4. Refresh what is read but getting old.
+    if refresh_after is not None:
+        safe, why = refresh_support(client, bucket)
+        if not (safe or force_refresh):
+            report.refresh_note = f"refresh skipped: {why} (see docs/operations.md)"
+        else:
+            report.refresh_note = why
+            for study in inventory.studies.values():
+                if _wants_refresh(study, last_access.get(study.study), refresh_after, now):
+                    if not dry_run:
+                        refresh_study(client, bucket, study, workers=workers)
+                    report.refreshed.append(study.study)
+
+    report.usage_after = inventory.bytes
+    return report
+
+
+def _wants_refresh(
+    study: StudyInventory, seen: float | None, refresh_after: timedelta, now: float
+) -> bool:
+    """Read since its oldest object was written, and that object is older than refresh_after."""
+    if seen is None or study.pinned:
+        return False
+    oldest = min(o.last_modified for i in study.instances.values() for o in i.objects)
+    return seen > oldest.timestamp() and now - oldest.timestamp() >= refresh_after.total_seconds()
+
+
+def _forget(inventory: PrefixInventory, removed: dict[InstanceKey, object]) -> None:
+    for key in removed:
+        study = inventory.studies.get(key.study)
+        if study is None:
+            continue
+        study.instances.pop(key, None)
+        if not study.instances:
+            del inventory.studies[key.study]

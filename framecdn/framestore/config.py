@@ -41,6 +41,8 @@ class Settings:
     max_frames_per_request: int = 256
     presign_window_seconds: int = 3600
     accel_location: str = "/_framecdn_s3/"
+    frame_prefetch: int = 4
+    stream_chunk_bytes: int = 262144
     # Ingest
     ingest_workers: int = 8
 
@@ -138,6 +140,14 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "FRAMECDN_ACCEL_LOCATION": (
         "accel_location",
         "nginx internal location for `accel` delivery (default `/_framecdn_s3/`).",
+    ),
+    "FRAMECDN_FRAME_PREFETCH": (
+        "frame_prefetch",
+        "Frames of a list the origin fetches from S3 concurrently (default 4).",
+    ),
+    "FRAMECDN_STREAM_CHUNK_BYTES": (
+        "stream_chunk_bytes",
+        "Bytes the origin forwards per write when streaming (default 262144).",
     ),
     "FRAMECDN_INGEST_WORKERS": ("ingest_workers", "Parallel uploads during ingest (default 8)."),
 }

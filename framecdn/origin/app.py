@@ -1,0 +1,110 @@
+"""The origin app: ``create_app(settings)`` wires storage, caches, routes and middleware.
+
+One :class:`Origin` per process holds everything shared between requests: the S3
+client (one pooled httpx client), the index and metadata caches, the presigners,
+the metrics and the access recorder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from framecdn.framestore.access import AccessRecorder
+from framecdn.framestore.config import Settings
+from framecdn.framestore.keys import KeyLayout
+from framecdn.origin.cors import CORSMiddleware
+from framecdn.origin.delivery import Delivery
+from framecdn.origin.frames import frames_endpoint
+from framecdn.origin.health import healthz, readyz
+from framecdn.origin.instances import InstanceIndexes
+from framecdn.origin.markers import flush_forever, flush_once
+from framecdn.origin.metadata import MetadataService, metadata_endpoint
+from framecdn.origin.metrics import Metrics, MetricsMiddleware
+from framecdn.origin.storage import ObjectStore
+from framecdn.origin.upstream import Upstream
+from framecdn.origin.urls import normalise_root
+
+ACCESS_FLUSH_INTERVAL = 60.0
+
+
+class Origin:
+    """Per-process state shared by all requests."""
+
+    def __init__(self, settings: Settings, upstream: Upstream | None = None) -> None:
+        self.settings = settings
+        self.root = normalise_root(settings.root_path)
+        self.layout = KeyLayout(settings.prefix)
+        self.metrics = Metrics()
+        self.store = ObjectStore(settings)
+        self.indexes = InstanceIndexes(self.store, self.layout, self.metrics, upstream)
+        self.metadata = MetadataService(self)
+        self.delivery = Delivery(settings)
+        self.recorder = AccessRecorder()
+        self.prefetch = max(1, settings.frame_prefetch)
+        self.chunk_size = max(64 * 1024, settings.stream_chunk_bytes)
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+
+def _routes(origin: Origin) -> list[Route]:
+    root = origin.root
+    instance = root + "/studies/{study}/series/{series}/instances/{instance}"
+    methods = ["GET", "HEAD"]
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return origin.metrics.render(request)
+
+    return [
+        Route(instance + "/frames/{frames}", frames_endpoint, methods=methods),
+        Route(instance + "/metadata", metadata_endpoint, methods=methods),
+        Route(root + "/studies/{study}/series/{series}/metadata", metadata_endpoint, methods=methods),
+        Route(root + "/studies/{study}/metadata", metadata_endpoint, methods=methods),
+        Route("/healthz", healthz, methods=methods),
+        Route("/readyz", readyz, methods=methods),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+
+
+def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Starlette:
+    """The origin as an ASGI app (state is created here, connections on first use)."""
+    origin = Origin(settings, upstream)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        flusher = asyncio.create_task(
+            flush_forever(origin.store, origin.layout, origin.recorder, ACCESS_FLUSH_INTERVAL)
+        )
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(BaseException):
+                await flusher
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    flush_once(origin.store, origin.layout, origin.recorder), timeout=5
+                )
+            await origin.aclose()
+
+    app = Starlette(routes=_routes(origin), lifespan=lifespan)
+    app.state.origin = origin
+    # The middleware added last is the outermost: metrics also count CORS preflights.
+    app.add_middleware(CORSMiddleware, origins=settings.cors_origins)
+    app.add_middleware(MetricsMiddleware, metrics=origin.metrics)
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for ``uvicorn --factory`` (each worker builds its own state)."""
+    if not logging.getLogger().handlers:  # spawned workers: keep the JSON access log
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return create_app(Settings.from_env())

@@ -1,0 +1,195 @@
+"""``GET|HEAD {root}/studies/{S}/series/{Se}/instances/{I}/frames/{list}``.
+
+Order of checks: UIDs and frame-list syntax (400), the instance index (404), frame
+numbers against NumberOfFrames (400), Accept (406), validators (304), then the
+delivery: redirect / accel for a single-part single frame when so configured,
+otherwise the bytes are streamed (single part, with Range, or multipart).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from framecdn.framestore.keys import InstanceKey, InvalidUID
+from framecdn.origin.errors import error_response, s3_error_response
+from framecdn.origin.framelist import InvalidFrameList, check_in_range, parse_frame_list
+from framecdn.origin.metrics import label
+from framecdn.origin.multipart import MultipartLayout, Part
+from framecdn.origin.negotiation import NotAcceptable, Representation, negotiate
+from framecdn.origin.ranges import RangeNotSatisfiable, if_range_allows, parse_range
+from framecdn.origin.storage import ObjectMissing, S3Error
+from framecdn.origin.streaming import ClosingStreamingResponse, multipart_body, single_body
+from framecdn.origin.urls import dicomweb_root, frame_url
+
+if TYPE_CHECKING:
+    from framecdn.origin.app import Origin
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Weak comparison, as If-None-Match requires (RFC 9110 §13.1.2)."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    wanted = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == wanted for tag in if_none_match.split(","))
+
+
+def single_etag(sha256: str, representation: Representation) -> str:
+    tag = hashlib.sha256(representation.tag.encode()).hexdigest()[:8]
+    return f'"{sha256[:40]}-{tag}"'
+
+
+async def frames_endpoint(request: Request) -> Response:
+    origin: Origin = request.app.state.origin
+    label(request.scope, route="frames", mode=origin.settings.delivery)
+    params = request.path_params
+    try:
+        key = InstanceKey(params["study"], params["series"], params["instance"])
+        numbers = parse_frame_list(params["frames"], origin.settings.max_frames_per_request)
+    except (InvalidUID, InvalidFrameList) as exc:
+        return error_response(400, str(exc))
+    try:
+        index = await origin.indexes.get(key)
+    except S3Error as exc:
+        return s3_error_response(exc)
+    if index is None:
+        return error_response(404, "instance not found")
+    try:
+        check_in_range(numbers, index.number_of_frames)
+    except InvalidFrameList as exc:
+        return error_response(400, str(exc))
+    stored = Representation(False, index.media_type, index.transfer_syntax_uid)
+    try:
+        representation = negotiate(request.headers.get("accept"), stored, len(numbers))
+    except NotAcceptable as exc:
+        return error_response(406, str(exc), available=exc.available)
+    origin.recorder.record(key.study)
+
+    headers = {
+        "Cache-Control": origin.settings.frame_cache_control,
+        "Vary": "Accept",
+    }
+    if representation.multipart:
+        root_url = dicomweb_root(request, origin.root)
+        parts = [
+            Part(frame_url(root_url, key, n), index.frame(n).size, index.frame(n).sha256)
+            for n in numbers
+        ]
+        layout = MultipartLayout.build(representation.part_content_type, parts)
+        etag = f'"{layout.boundary.removeprefix("framecdn-")}"'
+        headers["ETag"] = etag
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        return await _stream_multipart(
+            request, origin, key, numbers, layout, representation, headers
+        )
+
+    number = numbers[0]
+    entry = index.frame(number)
+    etag = single_etag(entry.sha256, representation)
+    headers["ETag"] = etag
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    object_key = origin.layout.frame(key, number)
+    if origin.delivery.mode == "redirect":
+        label(request.scope, mode="redirect")
+        return origin.delivery.redirect(object_key, headers)
+    if origin.delivery.mode == "accel":
+        label(request.scope, mode="accel")
+        headers["Content-Type"] = representation.part_content_type
+        return origin.delivery.accel(object_key, headers)
+    label(request.scope, mode="stream")
+    return await _stream_single(request, origin, key, object_key, entry.size, representation, headers)
+
+
+async def _stream_single(
+    request: Request,
+    origin: Origin,
+    key: InstanceKey,
+    object_key: str,
+    size: int,
+    representation: Representation,
+    headers: dict[str, str],
+) -> Response:
+    headers["Accept-Ranges"] = "bytes"
+    media_type = representation.part_content_type
+    byte_range = None
+    if if_range_allows(request.headers.get("if-range"), headers["ETag"]):
+        try:
+            byte_range = parse_range(request.headers.get("range"), size)
+        except RangeNotSatisfiable:
+            headers["Content-Range"] = f"bytes */{size}"
+            return error_response(416, "range not satisfiable", headers=headers)
+    status = 200
+    length = size
+    if byte_range is not None:
+        status = 206
+        length = byte_range[1] - byte_range[0] + 1
+        headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{size}"
+    headers["Content-Length"] = str(length)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media_type)
+    try:
+        stream = await origin.store.open(object_key, byte_range=byte_range)
+    except ObjectMissing:
+        origin.indexes.forget(key)
+        return error_response(404, "frame not found (instance is being evicted)")
+    except S3Error as exc:
+        origin.metrics.s3_errors.labels(exc.kind).inc()
+        return s3_error_response(exc)
+    if stream.content_length not in (-1, length):
+        await stream.aclose()
+        origin.indexes.forget(key)
+        return error_response(404, "frame object does not match the index (being evicted)")
+
+    def broken() -> None:
+        origin.indexes.forget(key)
+        origin.metrics.aborted_streams.inc()
+
+    body = single_body(stream, length, broken, origin.chunk_size)
+    return ClosingStreamingResponse(body, status_code=status, headers=headers, media_type=media_type)
+
+
+async def _stream_multipart(
+    request: Request,
+    origin: Origin,
+    key: InstanceKey,
+    numbers: tuple[int, ...],
+    layout: MultipartLayout,
+    representation: Representation,
+    headers: dict[str, str],
+) -> Response:
+    media_type = representation.response_content_type(layout.boundary)
+    headers["Content-Length"] = str(layout.content_length)
+    if request.method == "HEAD":
+        return Response(status_code=200, headers=headers, media_type=media_type)
+    keys = [origin.layout.frame(key, n) for n in numbers]
+    try:
+        first = await origin.store.open(keys[0])
+    except ObjectMissing:
+        origin.indexes.forget(key)
+        return error_response(404, "frame not found (instance is being evicted)")
+    except S3Error as exc:
+        origin.metrics.s3_errors.labels(exc.kind).inc()
+        return s3_error_response(exc)
+
+    def broken() -> None:
+        origin.indexes.forget(key)
+        origin.metrics.aborted_streams.inc()
+
+    body = multipart_body(
+        origin.store,
+        layout,
+        keys,
+        first,
+        broken,
+        prefetch=origin.prefetch,
+        chunk_size=origin.chunk_size,
+    )
+    return ClosingStreamingResponse(body, status_code=200, headers=headers, media_type=media_type)
+

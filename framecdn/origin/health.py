@@ -1,0 +1,36 @@
+"""``/healthz`` (the process answers) and ``/readyz`` (the bucket answers, quickly)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from framecdn.origin.errors import RETRY_AFTER_SECONDS
+from framecdn.origin.metrics import label
+from framecdn.origin.storage import S3Error
+
+if TYPE_CHECKING:
+    from framecdn.origin.app import Origin
+
+
+async def healthz(request: Request) -> Response:
+    label(request.scope, route="healthz")
+    return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+async def readyz(request: Request) -> Response:
+    label(request.scope, route="readyz")
+    origin: Origin = request.app.state.origin
+    limit = origin.settings.s3_connect_timeout + 1.0
+    try:
+        await asyncio.wait_for(origin.store.ping(), timeout=limit)
+    except (S3Error, TimeoutError) as exc:
+        return JSONResponse(
+            {"status": "unavailable", "error": str(exc) or "S3 did not answer in time"},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store"},
+        )
+    return JSONResponse({"status": "ready"}, headers={"Cache-Control": "no-store"})

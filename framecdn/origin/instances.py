@@ -1,0 +1,68 @@
+"""Finding an instance: its ``index.json``, cached in memory, with the miss seam.
+
+The index is the commit marker (no index = not there) and holds every frame's size
+and checksum, so once it is cached a frame request needs no S3 call but the frame's
+own GET. Entries live ``ttl`` seconds and are dropped as soon as a frame turns out
+missing (the instance is being evicted).
+"""
+
+from __future__ import annotations
+
+from framecdn.framestore.index import InstanceIndex, InvalidIndex
+from framecdn.framestore.keys import InstanceKey, KeyLayout
+from framecdn.origin.cache import TTLCache
+from framecdn.origin.metrics import Metrics
+from framecdn.origin.storage import ObjectMissing, ObjectStore, S3Error
+from framecdn.origin.upstream import NoUpstream, Upstream
+
+
+class InstanceIndexes:
+    def __init__(
+        self,
+        store: ObjectStore,
+        layout: KeyLayout,
+        metrics: Metrics,
+        upstream: Upstream | None = None,
+        *,
+        ttl: float = 600.0,
+        maxsize: int = 20000,
+    ) -> None:
+        self.store = store
+        self.layout = layout
+        self.metrics = metrics
+        self.upstream = upstream or NoUpstream()
+        self.cache: TTLCache[InstanceKey, InstanceIndex] = TTLCache(maxsize, ttl)
+
+    async def _load(self, key: InstanceKey) -> InstanceIndex | None:
+        try:
+            raw = await self.store.get_bytes(self.layout.index(key))
+        except ObjectMissing:
+            return None
+        except S3Error as exc:
+            self.metrics.s3_errors.labels(exc.kind).inc()
+            raise
+        try:
+            return InstanceIndex.from_json(raw)
+        except InvalidIndex:
+            return None  # unreadable commit marker: treat as not committed
+
+    async def get(self, key: InstanceKey) -> InstanceIndex | None:
+        """The instance's index, or None (after giving the upstream its chance)."""
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.metrics.index_cache.labels("hit").inc()
+            self.metrics.lookups.labels("hit").inc()
+            return cached
+        self.metrics.index_cache.labels("miss").inc()
+        index = await self.cache.get_or_load(key, lambda: self._load(key))
+        if index is None:
+            index = await self.upstream.fill(key)
+            if index is not None:
+                self.metrics.upstream_fills.inc()
+                self.cache.put(key, index)
+        self.metrics.lookups.labels("hit" if index is not None else "miss").inc()
+        return index
+
+    def forget(self, key: InstanceKey) -> None:
+        """Drop a cached index (a frame of it went missing)."""
+        self.cache.drop(key)

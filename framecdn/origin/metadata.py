@@ -1,0 +1,203 @@
+"""Instance, series and study metadata as ``application/dicom+json``.
+
+The bucket holds each instance's DICOM JSON object with PixelData as a BulkDataURI
+relative to the DICOMweb root; we rewrite it into an absolute URL of this origin
+(as the client reached it) and wrap the objects in an array. Only committed
+instances (with an index) are served. Series and study answers are assembled from
+the instances under that prefix and cached briefly; instance objects are cached
+longer (they do not change). gzip is offered here — never on frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from framecdn.framestore.keys import InstanceKey, InvalidUID
+from framecdn.origin.cache import TTLCache
+from framecdn.origin.errors import error_response, s3_error_response
+from framecdn.origin.frames import etag_matches
+from framecdn.origin.metrics import label
+from framecdn.origin.storage import ObjectMissing, S3Error
+from framecdn.origin.urls import dicomweb_root
+
+if TYPE_CHECKING:
+    from framecdn.origin.app import Origin
+
+MEDIA_TYPE = "application/dicom+json"
+_ACCEPTABLE = ("application/dicom+json", "application/json", "application/*", "*/*")
+_GZIP_MIN_BYTES = 1024
+_FETCH_CONCURRENCY = 16
+
+
+def rewrite_bulkdata(element_map: dict[str, Any], root_url: str) -> dict[str, Any]:
+    """A copy of a DICOM JSON object with every relative BulkDataURI made absolute."""
+    out: dict[str, Any] = {}
+    for tag, element in element_map.items():
+        if isinstance(element, dict):
+            uri = element.get("BulkDataURI")
+            if isinstance(uri, str):
+                element = {**element, "BulkDataURI": urljoin(root_url, uri)}
+            elif element.get("vr") == "SQ" and isinstance(element.get("Value"), list):
+                element = {
+                    **element,
+                    "Value": [
+                        rewrite_bulkdata(item, root_url) if isinstance(item, dict) else item
+                        for item in element["Value"]
+                    ],
+                }
+        out[tag] = element
+    return out
+
+
+def accepts_json(accept: str | None) -> bool:
+    if not accept or not accept.strip():
+        return True
+    for element in accept.split(","):
+        media, *params = [piece.strip() for piece in element.split(";")]
+        q = next((p.split("=", 1)[1] for p in params if p.lower().startswith("q=")), "1")
+        try:
+            if float(q.strip('"')) <= 0:
+                continue
+        except ValueError:
+            pass
+        if media.lower() in _ACCEPTABLE:
+            return True
+    return False
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    for element in (accept_encoding or "").split(","):
+        coding, *params = [piece.strip().lower() for piece in element.split(";")]
+        if coding in ("gzip", "*") and not any(p.replace(" ", "") in ("q=0", "q=0.0") for p in params):
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMetadata:
+    body: bytes
+    etag: str
+    gzipped: bytes | None
+
+    @classmethod
+    def of(cls, objects: list[dict[str, Any]]) -> RenderedMetadata:
+        body = json.dumps(objects, separators=(",", ":")).encode()
+        etag = hashlib.sha256(body).hexdigest()[:40]
+        gzipped = gzip.compress(body, 6, mtime=0) if len(body) >= _GZIP_MIN_BYTES else None
+        return cls(body, etag, gzipped)
+
+
+class MetadataService:
+    """Loads and assembles DICOM JSON; caches instance objects and rendered answers."""
+
+    def __init__(self, origin: Origin, *, listing_ttl: float = 10.0) -> None:
+        self.origin = origin
+        self.objects: TTLCache[InstanceKey, dict[str, Any]] = TTLCache(4096, 600.0)
+        self.rendered: TTLCache[tuple[str, str], RenderedMetadata] = TTLCache(1024, listing_ttl)
+
+    async def instance_object(self, key: InstanceKey) -> dict[str, Any] | None:
+        """The stored DICOM JSON object of a committed instance, or None."""
+        if await self.origin.indexes.get(key) is None:
+            return None
+
+        async def load() -> dict[str, Any] | None:
+            try:
+                raw = await self.origin.store.get_bytes(self.origin.layout.metadata(key))
+            except ObjectMissing:
+                self.origin.indexes.forget(key)
+                return None
+            data = json.loads(raw)
+            return data[0] if isinstance(data, list) and data else data
+
+        return await self.objects.get_or_load(key, load)
+
+    async def instances_under(self, prefix: str) -> list[InstanceKey]:
+        keys = await self.origin.store.list_keys(prefix)
+        found = (self.origin.layout.parse_index_key(k) for k in keys)
+        return [key for key in found if key is not None]
+
+    async def objects_under(self, prefix: str) -> list[dict[str, Any]]:
+        semaphore = asyncio.Semaphore(_FETCH_CONCURRENCY)
+
+        async def one(key: InstanceKey) -> dict[str, Any] | None:
+            async with semaphore:
+                return await self.instance_object(key)
+
+        keys = await self.instances_under(prefix)
+        results = await asyncio.gather(*(one(key) for key in keys))
+        return [obj for obj in results if obj is not None]
+
+    async def render(self, level_key: str, root_url: str, load) -> RenderedMetadata | None:
+        async def build() -> RenderedMetadata | None:
+            objects = await load()
+            if not objects:
+                return None
+            return RenderedMetadata.of([rewrite_bulkdata(o, root_url) for o in objects])
+
+        return await self.rendered.get_or_load((level_key, root_url), build)
+
+
+async def metadata_endpoint(request: Request) -> Response:
+    origin: Origin = request.app.state.origin
+    service: MetadataService = origin.metadata
+    params = request.path_params
+    label(request.scope, route="metadata", mode="-")
+    if not accepts_json(request.headers.get("accept")):
+        return error_response(406, f"metadata is served as {MEDIA_TYPE}", available=[MEDIA_TYPE])
+    try:
+        study = params["study"]
+        layout = origin.layout
+        if "instance" in params:
+            key = InstanceKey(study, params["series"], params["instance"])
+            level_key = layout.instance_prefix(key)
+
+            async def load() -> list[dict[str, Any]]:
+                obj = await service.instance_object(key)
+                return [obj] if obj is not None else []
+
+            label(request.scope, route="metadata_instance")
+        elif "series" in params:
+            level_key = layout.series_prefix(study, params["series"])
+            load = lambda: service.objects_under(level_key)  # noqa: E731
+            label(request.scope, route="metadata_series")
+        else:
+            level_key = layout.study_prefix(study)
+            load = lambda: service.objects_under(level_key)  # noqa: E731
+            label(request.scope, route="metadata_study")
+    except InvalidUID as exc:
+        return error_response(400, str(exc))
+    origin.recorder.record(study)
+    root_url = dicomweb_root(request, origin.root)
+    try:
+        rendered = await service.render(level_key, root_url, load)
+    except S3Error as exc:
+        origin.metrics.s3_errors.labels(exc.kind).inc()
+        return s3_error_response(exc)
+    if rendered is None:
+        return error_response(404, "not found")
+    use_gzip = rendered.gzipped is not None and accepts_gzip(request.headers.get("accept-encoding"))
+    etag = f'"{rendered.etag}-gz"' if use_gzip else f'"{rendered.etag}"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": origin.settings.metadata_cache_control,
+        "Vary": "Accept, Accept-Encoding",
+    }
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    body = rendered.gzipped if use_gzip else rendered.body
+    assert body is not None
+    if use_gzip:
+        headers["Content-Encoding"] = "gzip"
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(body))
+        return Response(status_code=200, headers=headers, media_type=MEDIA_TYPE)
+    return Response(body, status_code=200, headers=headers, media_type=MEDIA_TYPE)

@@ -1,0 +1,132 @@
+"""Prometheus metrics and structured access logs, from one pure ASGI middleware.
+
+Handlers label their request by writing ``route`` and ``mode`` into
+``scope["framecdn"]``; the middleware counts status, bytes sent and the time until
+the last byte (so a streamed frame is timed to its end, not to its headers).
+Metrics are per process (with several workers, scrape each or use a collector).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("framecdn.access")
+
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The origin's counters, in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "framecdn_requests", "HTTP requests answered", ["route", "mode", "status"], registry=r
+        )
+        self.bytes = Counter(
+            "framecdn_response_bytes", "Response body bytes sent", ["route", "mode"], registry=r
+        )
+        self.latency = Histogram(
+            "framecdn_request_seconds",
+            "Time from request to last byte",
+            ["route", "mode"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.s3_errors = Counter(
+            "framecdn_s3_errors", "S3 failures by kind", ["kind"], registry=r
+        )
+        self.lookups = Counter(
+            "framecdn_instance_lookups",
+            "Instance lookups: hit = served from the bucket, miss = absent",
+            ["result"],
+            registry=r,
+        )
+        self.upstream_fills = Counter(
+            "framecdn_upstream_fills", "Misses filled from the upstream PACS", registry=r
+        )
+        self.index_cache = Counter(
+            "framecdn_index_cache", "Index cache lookups", ["result"], registry=r
+        )
+        self.aborted_streams = Counter(
+            "framecdn_aborted_streams",
+            "Streams cut because a frame object was missing or short mid-body",
+            registry=r,
+        )
+
+    def render(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def label(scope: Scope, **values: str) -> None:
+    """Set the metric labels (``route``, ``mode``) of the current request."""
+    scope.setdefault("framecdn", {}).update(values)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request; writes one JSON access-log line per request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state: dict[str, Any] = {"status": 500, "bytes": 0, "complete": False}
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                state["bytes"] += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    state["complete"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            elapsed = time.perf_counter() - started
+            labels = scope.get("framecdn", {})
+            route = labels.get("route", "other")
+            mode = labels.get("mode", "-")
+            status = str(state["status"])
+            self.metrics.requests.labels(route, mode, status).inc()
+            self.metrics.bytes.labels(route, mode).inc(state["bytes"])
+            self.metrics.latency.labels(route, mode).observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client") or ("-", 0)
+                access_log.info(
+                    json.dumps(
+                        {
+                            "client": client[0],
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": state["status"],
+                            "bytes": state["bytes"],
+                            "complete": state["complete"],
+                            "ms": round(elapsed * 1000, 2),
+                            "route": route,
+                            "mode": mode,
+                        },
+                        separators=(",", ":"),
+                    )
+                )

@@ -51,7 +51,11 @@ _FLOAT_PIXEL_DATA = {0x7FE00008: "Float Pixel Data", 0x7FE00009: "Double Float P
 _ITEM = 0xFFFEE000
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
 #: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1).
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_LONG_VRS = {
+    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"
+}
+#: What pydicom raises on files that are not DICOM or are cut short in the header.
+_HEADER_ERRORS = (InvalidDicomError, EOFError, ValueError, struct.error, KeyError, NotImplementedError)
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 _JPEG_START = (b"\xff\xd8",)
 _J2K_START = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  \r\n\x87\n")
@@ -106,7 +110,9 @@ class SplitInstance:
             count += 1
             yield frame
         if count != self.number_of_frames:
-            raise InvalidInstance(f"found {count} frames, NumberOfFrames is {self.number_of_frames}")
+            raise InvalidInstance(
+                f"found {count} frames, NumberOfFrames is {self.number_of_frames}"
+            )
 
 
 @contextlib.contextmanager
@@ -168,10 +174,12 @@ def _read_meta(fp: BinaryIO) -> FileMetaDataset:
     try:
         read_preamble(fp, False)
     except InvalidDicomError:
-        raise InvalidInstance("not a DICOM Part 10 file (no 'DICM' prefix after the preamble)") from None
+        raise InvalidInstance(
+            "not a DICOM Part 10 file (no 'DICM' prefix after the preamble)"
+        ) from None
     try:
         meta = _read_file_meta_info(fp)
-    except (InvalidDicomError, EOFError, ValueError, struct.error, KeyError) as exc:
+    except _HEADER_ERRORS as exc:
         raise InvalidInstance(f"not a DICOM Part 10 file ({_first_line(exc)})") from None
     if not meta.get("TransferSyntaxUID"):
         raise InvalidInstance("not a DICOM Part 10 file (no Transfer Syntax UID in the file meta)")
@@ -226,7 +234,7 @@ def _read_header(fp: BinaryIO) -> tuple[Dataset, PixelDataValue]:
     """Every element before Pixel Data, and the Pixel Data value's offset and length."""
     try:
         dataset = pydicom.dcmread(fp, stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, ValueError, struct.error, KeyError, NotImplementedError) as exc:
+    except _HEADER_ERRORS as exc:
         raise InvalidInstance(f"cannot read the DICOM header ({_first_line(exc)})") from None
     syntax = UID(dataset.file_meta.TransferSyntaxUID)  # the inflated copy's, if deflated
     implicit, endian = syntax.is_implicit_VR, "<" if syntax.is_little_endian else ">"
@@ -320,7 +328,8 @@ def _native_reader(
     file_size = fp.seek(0, io.SEEK_END)
     if value.offset + needed > file_size:
         raise InvalidInstance(
-            f"file is truncated: Pixel Data needs {value.offset + needed} bytes, file has {file_size}"
+            f"file is truncated: Pixel Data needs {value.offset + needed} bytes, "
+            f"file has {file_size}"
         )
     return lambda: _native_frames(fp, value.offset, frame_bits, number_of_frames, word)
 
@@ -359,7 +368,8 @@ def _native_frames(
             data = _swap_words(data, word)
         shift = first_bit - start * 8
         if shift % 8 == 0 and frame_bits % 8 == 0:
-            yield data if len(data) == frame_length else data[shift // 8 : shift // 8 + frame_length]
+            skip = shift // 8
+            yield data if len(data) == frame_length else data[skip : skip + frame_length]
         else:
             pixels = (int.from_bytes(data, "little") >> shift) & ((1 << frame_bits) - 1)
             yield pixels.to_bytes(frame_length, "little")

@@ -43,6 +43,7 @@ class Settings:
     accel_location: str = "/_framecdn_s3/"
     frame_prefetch: int = 4
     stream_chunk_bytes: int = 262144
+    public_url: str | None = None
     # Ingest
     ingest_workers: int = 8
 
@@ -148,6 +149,11 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "FRAMECDN_STREAM_CHUNK_BYTES": (
         "stream_chunk_bytes",
         "Bytes the origin forwards per write when streaming (default 262144).",
+    ),
+    "FRAMECDN_PUBLIC_URL": (
+        "public_url",
+        "Origin URL clients use (`https://host[:port]`), for BulkDataURI and Content-Location "
+        "(default: each request's Host).",
     ),
     "FRAMECDN_INGEST_WORKERS": ("ingest_workers", "Parallel uploads during ingest (default 8)."),
 }

@@ -75,7 +75,7 @@ async def frames_endpoint(request: Request) -> Response:
         "Vary": "Accept",
     }
     if representation.multipart:
-        root_url = dicomweb_root(request, origin.root)
+        root_url = dicomweb_root(request, origin.root, origin.settings.public_url)
         parts = [
             Part(frame_url(root_url, key, n), index.frame(n).size, index.frame(n).sha256)
             for n in numbers

@@ -176,7 +176,7 @@ async def metadata_endpoint(request: Request) -> Response:
     except InvalidUID as exc:
         return error_response(400, str(exc))
     origin.recorder.record(study)
-    root_url = dicomweb_root(request, origin.root)
+    root_url = dicomweb_root(request, origin.root, origin.settings.public_url)
     try:
         rendered = await service.render(level_key, root_url, load)
     except S3Error as exc:

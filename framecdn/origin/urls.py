@@ -13,9 +13,13 @@ def normalise_root(root_path: str) -> str:
     return f"/{root}" if root else ""
 
 
-def dicomweb_root(request: Request, root: str) -> str:
-    """``https://host[/asgi-root]/dicom-web/`` — ends with a slash, ready for joining."""
-    base = str(request.base_url).rstrip("/")
+def dicomweb_root(request: Request, root: str, public_url: str | None = None) -> str:
+    """``https://host[/asgi-root]/dicom-web/`` — ends with a slash, ready for joining.
+
+    ``public_url`` (when configured) wins over the request's Host: some clients send
+    a Host without the port (dicomweb-client does), and a proxy may rewrite it.
+    """
+    base = (public_url or str(request.base_url)).rstrip("/")
     return f"{base}{root}/"
 
 

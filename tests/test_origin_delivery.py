@@ -1,0 +1,203 @@
+"""Delivery modes and failure behaviour of the origin, over real HTTP and real S3.
+
+Redirect URLs are fetched from SeaweedFS with signature checking on; S3 outages are
+real (a closed port, a socket that never answers); eviction is a real delete.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from framecdn.embedded_s3 import EmbeddedS3
+from framecdn.framestore.config import Settings
+from framecdn.synthetic import write_tomosynthesis
+from tests.origin_fixtures import Expected, free_port, ingest, run_origin
+
+SINGLE = {"Accept": "application/octet-stream"}
+OHIF_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax="*"'
+
+
+@pytest.fixture(scope="module")
+def module_settings(s3_store: EmbeddedS3) -> Settings:
+    return s3_store.settings(prefix=f"delivery-{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(scope="module")
+def big(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Expected:
+    """6 frames of 2 MiB: big enough that a stream is still running when we hang up."""
+    path = tmp_path_factory.mktemp("delivery") / "big.dcm"
+    write_tomosynthesis(path, frames=6, rows=1024, columns=1024, seed=7)
+    return ingest(path, module_settings)
+
+
+def frames_url(root: str, inst: Expected, frames: str) -> str:
+    return f"{root}/studies/{inst.study}/series/{inst.series}/instances/{inst.sop}/frames/{frames}"
+
+
+def test_redirect_mode_presigned_url_is_checked_stable_and_correct(
+    module_settings: Settings, big: Expected
+) -> None:
+    settings = module_settings.with_overrides(delivery="redirect", presign_window_seconds=600)
+    with run_origin(settings) as served, httpx.Client(timeout=30) as http:
+        url = frames_url(served.root, big, "2")
+        first = http.get(url, headers=SINGLE)
+        assert first.status_code == 307
+        location = first.headers["location"]
+        assert location.startswith(settings.s3_endpoint)
+        assert "X-Amz-Signature=" in location
+        max_age = int(first.headers["cache-control"].split("max-age=")[1])
+        assert 0 < max_age <= 600
+        # Identical within the signing window (CDN-cacheable).
+        assert http.get(url, headers=SINGLE).headers["location"] == location
+        # The URL fetches the right bytes from S3, which checks the signature...
+        fetched = httpx.get(location, timeout=30)
+        assert fetched.status_code == 200
+        assert fetched.content == big.frames[1]
+        assert fetched.headers["content-type"].startswith("application/octet-stream")
+        # ...as a tampered one shows.
+        tampered = location.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+        assert httpx.get(tampered, timeout=30).status_code == 403
+        # Multipart requests and frame lists still stream.
+        multi = http.get(url, headers={"Accept": OHIF_ACCEPT})
+        assert multi.status_code == 200 and big.frames[1] in multi.content
+        assert http.get(frames_url(served.root, big, "1,2")).status_code == 200
+        metrics = http.get(f"{served.base}/metrics").text
+        assert 'mode="redirect",route="frames",status="307"' in metrics
+
+
+def test_accel_mode_hands_nginx_a_signed_internal_path(module_settings: Settings, big: Expected) -> None:
+    settings = module_settings.with_overrides(delivery="accel")
+    with run_origin(settings) as served, httpx.Client(timeout=30) as http:
+        response = http.get(frames_url(served.root, big, "3"), headers=SINGLE)
+        assert response.status_code == 200
+        assert response.content == b""
+        target = response.headers["x-accel-redirect"]
+        assert target.startswith("/_framecdn_s3/")
+        assert response.headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+        assert response.headers["etag"]
+        # What nginx's `proxy_pass http://<s3>/;` in the internal location would fetch:
+        s3_url = settings.s3_endpoint + "/" + target.removeprefix("/_framecdn_s3/")
+        fetched = httpx.get(s3_url, timeout=30)
+        assert fetched.status_code == 200 and fetched.content == big.frames[2]
+
+
+def test_s3_unreachable_is_503_with_retry_after(module_settings: Settings, big: Expected) -> None:
+    dead = module_settings.with_overrides(
+        s3_endpoint=f"http://127.0.0.1:{free_port()}", s3_connect_timeout=1.0
+    )
+    with run_origin(dead) as served, httpx.Client(timeout=30) as http:
+        started = time.monotonic()
+        response = http.get(frames_url(served.root, big, "1"))
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+        ready = http.get(f"{served.base}/readyz")
+        assert ready.status_code == 503 and ready.headers["retry-after"]
+        assert http.get(f"{served.base}/healthz").status_code == 200
+        assert time.monotonic() - started < 10
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers (a hung S3)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_s3_hanging_is_504_within_the_read_timeout(
+    module_settings: Settings, big: Expected, black_hole: str
+) -> None:
+    slow = module_settings.with_overrides(s3_endpoint=black_hole, s3_read_timeout=1.0)
+    with run_origin(slow) as served, httpx.Client(timeout=30) as http:
+        started = time.monotonic()
+        response = http.get(frames_url(served.root, big, "1"))
+        elapsed = time.monotonic() - started
+        assert response.status_code == 504
+        assert response.headers["retry-after"]
+        assert elapsed < 5  # bounded: read timeout (plus one retry of the connect at most)
+        metrics = http.get(f"{served.base}/metrics").text
+        assert 'framecdn_s3_errors_total{kind="timeout"}' in metrics
+
+
+def test_half_evicted_instance(module_settings: Settings, tmp_path, s3_client) -> None:
+    path = tmp_path / "evicted.dcm"
+    write_tomosynthesis(path, frames=4, rows=512, columns=512, seed=11)
+    inst = ingest(path, module_settings)
+    with run_origin(module_settings) as served, httpx.Client(timeout=30) as http:
+        assert http.get(frames_url(served.root, inst, "1,2,3,4")).status_code == 200  # index cached
+        layout = served.origin.layout
+        s3_client.delete_object(Bucket=module_settings.bucket, Key=layout.frame(inst.index.key, 3))
+        # A single missing frame: 404, not a truncated 200.
+        assert http.get(frames_url(served.root, inst, "3"), headers=SINGLE).status_code == 404
+        # Re-cache the index, then a list whose third part is gone: the body is cut, never completed.
+        assert http.get(frames_url(served.root, inst, "1"), headers=SINGLE).status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            response = http.get(frames_url(served.root, inst, "1,2,3,4"))
+            # Should the transport not notice, the body must at least not be complete.
+            assert len(response.content) < int(response.headers["content-length"])
+            raise httpx.RemoteProtocolError("short body")
+        # Cut off for good: once the index is gone, the instance is a clean 404.
+        s3_client.delete_object(Bucket=module_settings.bucket, Key=layout.index(inst.index.key))
+        served.origin.indexes.forget(inst.index.key)
+        assert http.get(frames_url(served.root, inst, "1")).status_code == 404
+
+
+def _active_s3_connections(served) -> int:
+    pool = served.origin.store.client._transport._pool
+    return sum(1 for conn in pool.connections if not conn.is_idle() and not conn.is_closed())
+
+
+def test_client_disconnect_releases_the_s3_connection(module_settings: Settings, big: Expected) -> None:
+    with run_origin(module_settings) as served:
+        url = frames_url(served.root, big, "1,2,3,4,5,6")
+        with httpx.Client(timeout=30) as http:
+            with http.stream("GET", url) as response:
+                assert response.status_code == 200
+                iterator = response.iter_raw(65536)
+                next(iterator)
+                # Mid-stream: the origin holds S3 connections for this frame and prefetches.
+                assert _active_s3_connections(served) >= 1
+            # Leaving the block without reading the body closes our connection.
+        deadline = time.monotonic() + 10
+        while _active_s3_connections(served) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _active_s3_connections(served) == 0
+
+
+def test_streaming_is_chunked_not_buffered(module_settings: Settings, big: Expected) -> None:
+    """The first bytes of a 2 MiB frame arrive before the origin could have read it whole."""
+    with run_origin(module_settings) as served, httpx.Client(timeout=30) as http:
+        url = frames_url(served.root, big, "1,2,3,4,5,6")
+        with http.stream("GET", url) as response:
+            sizes = [len(chunk) for chunk in response.iter_raw()]
+        assert sum(sizes) == int(response.headers["content-length"])
+        assert len(sizes) > 6  # many writes, not one buffered body per frame

@@ -46,6 +46,7 @@ class Settings:
     public_url: str | None = None
     # Ingest
     ingest_workers: int = 8
+    ingest_memory_mb: int = 64
 
     def __post_init__(self) -> None:
         if self.delivery not in DELIVERY_MODES:
@@ -156,6 +157,10 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "(default: each request's Host).",
     ),
     "FRAMECDN_INGEST_WORKERS": ("ingest_workers", "Parallel uploads during ingest (default 8)."),
+    "FRAMECDN_INGEST_MEMORY_MB": (
+        "ingest_memory_mb",
+        "Frame bytes ingest holds in memory at once (default 64; one frame always fits).",
+    ),
 }
 
 

@@ -108,6 +108,29 @@ def source_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+class ByteBudget:
+    """Blocks the reader while the frames waiting for upload exceed a byte budget.
+
+    One frame is always let through, so a frame larger than the budget still
+    goes (alone). This, not the worker count, bounds ingest memory.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, size: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._used == 0 or self._used + size <= self.limit)
+            self._used += size
+
+    def release(self, size: int) -> None:
+        with self._changed:
+            self._used -= size
+            self._changed.notify_all()
+
+
 class Ingestor:
     """Stores instances in one bucket and prefix. Thread-safe; make one per run."""
 
@@ -121,8 +144,8 @@ class Ingestor:
         self._uploads = ThreadPoolExecutor(
             settings.ingest_workers, thread_name_prefix="framecdn-upload"
         )
-        # At most this many frames are held in memory at once, across all files.
-        self._frames_in_memory = threading.BoundedSemaphore(settings.ingest_workers + 1)
+        # Frame bytes held in memory at once, across all files of the run.
+        self._budget = ByteBudget(settings.ingest_memory_mb * 1024 * 1024)
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
@@ -258,12 +281,15 @@ class Ingestor:
         futures: list[Future[FrameEntry]] = []
         failed = threading.Event()
 
-        def settle(future: Future[FrameEntry]) -> None:
-            self._frames_in_memory.release()
-            if future.cancelled() or future.exception() is not None:
-                failed.set()
-            elif on_frame is not None:
-                on_frame(future.result().size)
+        def settled(size: int) -> Callable[[Future[FrameEntry]], None]:
+            def settle(future: Future[FrameEntry]) -> None:
+                self._budget.release(size)
+                if future.cancelled() or future.exception() is not None:
+                    failed.set()
+                elif on_frame is not None:
+                    on_frame(size)
+
+            return settle
 
         try:
             for number, frame in enumerate(split.frames(), start=1):
@@ -271,11 +297,11 @@ class Ingestor:
                     raise IngestCancelled()
                 if failed.is_set():
                     break
-                self._frames_in_memory.acquire()
+                self._budget.acquire(len(frame))
                 future = self._uploads.submit(
                     self._put, self.layout.frame(key, number), frame, media
                 )
-                future.add_done_callback(settle)
+                future.add_done_callback(settled(len(frame)))
                 futures.append(future)
                 del frame
         except BaseException:

@@ -123,7 +123,9 @@ def test_pin_and_unpin_retag_a_study_keeping_other_tags(s3_client, settings, sto
     s3_client.put_object_tagging(
         Bucket=settings.bucket,
         Key=some,
-        Tagging={"TagSet": [{"Key": RETENTION_TAG, "Value": "cache"}, {"Key": "site", "Value": "x"}]},
+        Tagging={
+            "TagSet": [{"Key": RETENTION_TAG, "Value": "cache"}, {"Key": "site", "Value": "x"}]
+        },
     )
 
     report = pin(s3_client, settings.bucket, layout, STUDY)

@@ -60,7 +60,8 @@ def test_origin_answers_404_after_a_real_lifecycle_pass(s3_store, s3_client, own
         assert complete_200(client, frames_url(evicted, "1,2,3"), MULTIPART)
         assert complete_200(client, frames_url(kept, "1"), SINGLE)
 
-        lifecycle.apply(s3_client, bucket, layout, lifecycle.Policy(days=None, date=date(2020, 1, 1)))
+        past = lifecycle.Policy(days=None, date=date(2020, 1, 1))
+        lifecycle.apply(s3_client, bucket, layout, past)
         s3_store.run_lifecycle_pass()
         assert list_keys(s3_client, bucket, layout.instance_prefix(evicted.key)) == []
 

@@ -129,7 +129,9 @@ def test_remove_takes_only_ours_and_is_idempotent(s3_client, own_bucket):
     assert lifecycle.remove(s3_client, bucket, layout).changed
     assert not lifecycle.remove(s3_client, bucket, layout).changed
     ids = {r["ID"] for r in lifecycle.get_rules(s3_client, bucket)}
-    assert ids == {"logs-cleanup", "framecdn:clinic-b/:expire", "framecdn:clinic-b/:abort-multipart"}
+    assert ids == {
+        "logs-cleanup", "framecdn:clinic-b/:expire", "framecdn:clinic-b/:abort-multipart"
+    }
 
 
 def test_remove_of_the_last_rules_deletes_the_configuration(s3_client, own_bucket):
@@ -188,7 +190,8 @@ def test_lifecycle_pass_expires_cache_keeps_pinned_and_other_prefixes(
     cached = _ingest(tmp_path, own_bucket, "cached")
     kept = _ingest(tmp_path, own_bucket, "kept")
     elsewhere = _ingest(tmp_path, other_clinic, "elsewhere")
-    s3_client.put_object(Bucket=bucket, Key="logs/today", Body=b"x", Tagging=f"{RETENTION_TAG}=cache")
+    tagging = f"{RETENTION_TAG}=cache"
+    s3_client.put_object(Bucket=bucket, Key="logs/today", Body=b"x", Tagging=tagging)
     pin(s3_client, bucket, layout, kept.study_instance_uid)
 
     lifecycle.apply(s3_client, bucket, layout, lifecycle.Policy(days=None, date=date(2020, 1, 1)))

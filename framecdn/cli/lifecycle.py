@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     when.add_argument(
         "--days",
         type=int,
-        help=f"cached objects expire this many days after ingest (default {lifecycle.DEFAULT_DAYS})",
+        help="cached objects expire this many days after ingest "
+        f"(default {lifecycle.DEFAULT_DAYS})",
     )
     when.add_argument(
         "--date",

@@ -87,7 +87,8 @@ def find_objects(
     instance: str | None = None,
 ) -> dict[InstanceKey, list[StoredObject]]:
     """The objects of every matching instance. Without a study the whole prefix is listed."""
-    for uid, what in ((study, "StudyInstanceUID"), (series, "SeriesInstanceUID"), (instance, "SOPInstanceUID")):
+    names = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    for uid, what in zip((study, series, instance), names, strict=True):
         if uid is not None:
             validate_uid(uid, what=what)
     if study is None and series is None and instance is None:
@@ -153,5 +154,5 @@ def _drop_markers(
 
 
 def _describe(study: str | None, series: str | None, instance: str | None) -> str:
-    parts = [f"{name} {uid}" for name, uid in (("study", study), ("series", series), ("instance", instance)) if uid]
-    return ", ".join(parts)
+    named = (("study", study), ("series", series), ("instance", instance))
+    return ", ".join(f"{name} {uid}" for name, uid in named if uid)

@@ -46,7 +46,8 @@ def pin(
     value = CACHE if unpin else PINNED
     found = find_objects(client, bucket, layout, study=study, series=series)
     if not found:
-        raise NothingStored(f"nothing stored for study {study}" + (f" series {series}" if series else ""))
+        what = f"study {study}" + (f" series {series}" if series else "")
+        raise NothingStored(f"nothing stored for {what}")
     objects = [obj for group in found.values() for obj in group]
     body = [obj.key for obj in objects if not obj.key.endswith("/index.json")]
     indexes = [obj.key for obj in objects if obj.key.endswith("/index.json")]

@@ -71,7 +71,16 @@ def _serve(settings, generated) -> int:
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning")
     )
     threading.Thread(target=_self_check, args=(server, instance, generated), daemon=True).start()
-    server.run()
+    # Serve from a thread so Ctrl-C reaches us, not uvicorn: we stop it, then the store.
+    serving = threading.Thread(target=server.run, name="origin")
+    serving.start()
+    try:
+        while serving.is_alive():
+            serving.join(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+        server.should_exit = True
+        serving.join(10)
     return 0
 
 
@@ -89,8 +98,8 @@ def _self_check(server, instance: str, generated) -> None:
         f"\nframecdn origin is serving {generated.number_of_frames} frames:\n"
         f"  metadata  {instance}/metadata\n"
         f"  frame 1   {instance}/frames/1   ({len(body) / 1e6:.1f} MB, {verdict})\n"
-        f"  try:      curl -o frame7.bin -H 'Accept: application/octet-stream' "
-        f"{instance}/frames/7\n"
+        f"  try:      curl -o frame.bin -H 'Accept: application/octet-stream' "
+        f"{instance}/frames/{generated.number_of_frames}\n"
         f"  health    {instance.split('/dicom-web')[0]}/readyz\n"
         "Ctrl-C stops the origin and the store.",
         flush=True,

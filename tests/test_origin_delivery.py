@@ -172,8 +172,7 @@ def test_half_evicted_instance(module_settings: Settings, tmp_path, s3_client) -
 
 
 def _active_s3_connections(served) -> int:
-    pool = served.origin.store.client._transport._pool
-    return sum(1 for conn in pool.connections if not conn.is_idle() and not conn.is_closed())
+    return served.origin.store.active_streams
 
 
 def test_client_disconnect_releases_the_s3_connection(module_settings: Settings, big: Expected) -> None:

@@ -16,7 +16,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 from botocore.auth import S3SigV4Auth
@@ -24,6 +24,13 @@ from botocore.awsrequest import AWSRequest
 
 from framecdn.framestore.config import Settings
 from framecdn.framestore.s3 import Presigner, resolve_credentials
+from framecdn.origin.rawhttp import (
+    RawConnectError,
+    RawHTTPError,
+    RawPool,
+    RawResponse,
+    RawTimeout,
+)
 
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
@@ -80,6 +87,28 @@ class ObjectStream:
         await self._response.aclose()
 
 
+class RawObjectStream:
+    """:class:`ObjectStream` over the lean frame client (plain-http endpoints)."""
+
+    def __init__(self, response: RawResponse) -> None:
+        self._response = response
+        self.status_code = response.status_code
+        self.content_length = response.content_length
+        self.content_range = response.headers.get("content-range")
+
+    async def chunks(self, chunk_size: int) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.chunks(chunk_size):
+                yield chunk
+        except RawTimeout as exc:
+            raise S3Timeout(str(exc)) from exc
+        except RawHTTPError as exc:
+            raise S3Unavailable(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
 class ObjectStore:
     """The origin's S3 access: GET (whole or streamed), list, and a readiness probe."""
 
@@ -107,6 +136,16 @@ class ObjectStore:
             max_keepalive_connections=settings.s3_max_connections,
             keepalive_expiry=30.0,
         )
+        # Frame bodies go through the lean client when S3 speaks plain http (the usual
+        # in-cluster / embedded setup); https endpoints use httpx.
+        self._raw: RawPool | None = None
+        if self.endpoint.startswith("http://"):
+            self._raw = RawPool(
+                self.endpoint,
+                settings.s3_max_connections,
+                settings.s3_connect_timeout,
+                settings.s3_read_timeout,
+            )
         self.client = httpx.AsyncClient(
             timeout=timeout,
             limits=limits,
@@ -115,7 +154,17 @@ class ObjectStore:
         )
 
     async def aclose(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
         await self.client.aclose()
+
+    @property
+    def active_streams(self) -> int:
+        """S3 connections currently busy with a frame body (for tests and metrics)."""
+        if self._raw is not None:
+            return self._raw.in_use
+        pool = self.client._transport._pool  # type: ignore[attr-defined]
+        return sum(1 for c in pool.connections if not c.is_idle() and not c.is_closed())
 
     # URLs ----------------------------------------------------------------
     def url(self, key: str) -> str:
@@ -174,15 +223,42 @@ class ObjectStore:
         finally:
             await response.aclose()
 
-    async def open(self, key: str, *, byte_range: tuple[int, int] | None = None) -> ObjectStream:
+    async def open(
+        self, key: str, *, byte_range: tuple[int, int] | None = None
+    ) -> ObjectStream | RawObjectStream:
         """Start a GET and return once the headers are in; the body is read on demand."""
         headers = {"Accept-Encoding": "identity"}
         if byte_range is not None:
             headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+        if self._raw is not None:
+            return await self._open_raw(key, headers)
         request = self.client.build_request("GET", self.url(key), headers=headers)
         response = await self._send(request, stream=True)
         await self._check(response, key)
         return ObjectStream(response)
+
+    async def _open_raw(self, key: str, headers: dict[str, str]) -> RawObjectStream:
+        assert self._raw is not None
+        parts = urlsplit(self.url(key))
+        try:
+            response = await self._raw.get(f"{parts.path}?{parts.query}", headers)
+        except RawTimeout as exc:
+            raise S3Timeout(str(exc)) from exc
+        except (RawConnectError, RawHTTPError) as exc:
+            raise S3Unavailable(str(exc)) from exc
+        if response.status_code in (200, 206):
+            return RawObjectStream(response)
+        try:
+            text = (await response.read())[:200].decode(errors="replace")
+        except RawHTTPError:
+            text = ""
+        finally:
+            await response.aclose()
+        if response.status_code in (404, 416):
+            raise ObjectMissing(key)
+        if response.status_code >= 500:
+            raise S3Unavailable(f"S3 answered {response.status_code} for {key}")
+        raise S3Error(f"S3 answered {response.status_code} for {key}: {text}")
 
     async def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (ListObjectsV2, paginated)."""

@@ -21,7 +21,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Send
 
 from framecdn.origin.multipart import MultipartLayout
-from framecdn.origin.storage import ObjectStore, ObjectStream
+from framecdn.origin.storage import ObjectStore, ObjectStream, RawObjectStream
 
 CHUNK_SIZE = 256 * 1024
 
@@ -42,7 +42,7 @@ class ClosingStreamingResponse(StreamingResponse):
 
 
 async def single_body(
-    stream: ObjectStream,
+    stream: ObjectStream | RawObjectStream,
     expected: int,
     on_broken: Callable[[], None],
     chunk_size: int = CHUNK_SIZE,
@@ -63,7 +63,7 @@ async def single_body(
         raise BrokenInstance(f"frame body was {sent} bytes, index says {expected}")
 
 
-async def _close_quietly(task: asyncio.Task[ObjectStream]) -> None:
+async def _close_quietly(task: asyncio.Task) -> None:
     if not task.done():
         task.cancel()
     try:
@@ -77,7 +77,7 @@ async def multipart_body(
     store: ObjectStore,
     layout: MultipartLayout,
     keys: Sequence[str],
-    first: ObjectStream,
+    first: ObjectStream | RawObjectStream,
     on_broken: Callable[[], None],
     *,
     prefetch: int = 4,
@@ -89,7 +89,7 @@ async def multipart_body(
     that a missing instance is still a clean 404).
     """
     count = len(keys)
-    pending: dict[int, asyncio.Task[ObjectStream]] = {}
+    pending: dict[int, asyncio.Task] = {}
     scheduled = 1
 
     def schedule() -> None:
@@ -98,7 +98,7 @@ async def multipart_body(
             pending[scheduled] = asyncio.ensure_future(store.open(keys[scheduled]))
             scheduled += 1
 
-    current: ObjectStream | None = first
+    current: ObjectStream | RawObjectStream | None = first
     try:
         for index in range(count):
             if index > 0:

@@ -52,11 +52,32 @@ def test_native_multipart_forms(accept: str | None) -> None:
     assert negotiate(accept, NATIVE, 3) == multi(NATIVE)
 
 
-def test_ohif_default_on_compressed_frames_is_refused_without_transcoding() -> None:
-    # type=application/octet-stream + ts=* still means octet-stream frames: not a JP2 codestream.
+def test_ohif_default_on_compressed_frames_gets_the_stored_codestream() -> None:
+    # transfer-syntax=* lets the server choose: the codestream as stored, labelled
+    # application/octet-stream with its real UID (Cornerstone decodes by the UID).
+    chosen = negotiate(OHIF, JP2, 2)
+    assert chosen == Representation(True, "application/octet-stream", J2K)
+    assert chosen.part_content_type == f"application/octet-stream; transfer-syntax={J2K}"
+    assert negotiate(
+        f'multipart/related; type="application/octet-stream"; transfer-syntax={J2K}', JP2, 1
+    ) == Representation(True, "application/octet-stream", J2K)
+    assert negotiate("application/octet-stream; transfer-syntax=*", JP2, 1) == Representation(
+        False, "application/octet-stream", J2K
+    )
+
+
+def test_plain_octet_stream_on_compressed_frames_is_406() -> None:
+    # No transfer-syntax means the default, Explicit VR Little Endian: that needs transcoding.
     with pytest.raises(NotAcceptable) as info:
-        negotiate(OHIF, JP2, 1)
+        negotiate('multipart/related; type="application/octet-stream"', JP2, 1)
     assert any("image/jp2" in offer and J2K in offer for offer in info.value.available)
+    with pytest.raises(NotAcceptable):
+        negotiate(
+            'multipart/related; type="application/octet-stream"; '
+            "transfer-syntax=1.2.840.10008.1.2.1",
+            JP2,
+            1,
+        )
 
 
 @pytest.mark.parametrize(
@@ -145,8 +166,10 @@ def test_several_media_types_pick_the_one_that_is_stored() -> None:
     )
     assert negotiate(accept, JP2, 4) == multi(JP2)
     assert negotiate(accept, NATIVE, 4) == multi(NATIVE)
+    # OHIF's transfer-syntax=* takes what the others do not: RLE as octet-stream.
+    assert negotiate(accept, RLE_STORED, 4) == Representation(True, "application/octet-stream", RLE)
     with pytest.raises(NotAcceptable):
-        negotiate(accept, RLE_STORED, 4)
+        negotiate(accept.rsplit(", ", 1)[0], RLE_STORED, 4)
 
 
 def test_duplicate_parameters_are_alternatives() -> None:

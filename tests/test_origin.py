@@ -207,6 +207,21 @@ def test_ohif_default_accept_and_cornerstone_parser(
 
 
 @pytest.mark.parametrize("name", ["jp2", "rle", "jls"])
+def test_ohif_default_accept_on_compressed_frames_gets_the_codestream(
+    http: httpx.Client, served: RunningOrigin, instances: dict[str, Expected], name: str
+) -> None:
+    inst = instances[name]
+    response = http.get(served.frames_url(inst, "3,1"), headers={"Accept": OHIF_ACCEPT})
+    assert response.status_code == 200
+    content_type = response.headers["content-type"]
+    assert content_type.startswith('multipart/related; type="application/octet-stream"; boundary=')
+    assert f"Content-Type: application/octet-stream; transfer-syntax={inst.syntax}\r\n".encode() in (
+        response.content
+    )
+    assert cornerstone_parse(content_type, response.content) == (inst.syntax, inst.frames[2])
+
+
+@pytest.mark.parametrize("name", ["jp2", "rle", "jls"])
 def test_cornerstone_compressed_multipart_and_single_part(
     http: httpx.Client, served: RunningOrigin, instances: dict[str, Expected], name: str
 ) -> None:
@@ -288,7 +303,8 @@ def test_unacceptable_is_406_naming_what_is_available(
     http: httpx.Client, served: RunningOrigin, instances: dict[str, Expected]
 ) -> None:
     inst = instances["jp2"]
-    response = http.get(served.frames_url(inst, "1"), headers={"Accept": OHIF_ACCEPT})
+    plain_octet_stream = 'multipart/related; type="application/octet-stream"'  # = Explicit VR LE
+    response = http.get(served.frames_url(inst, "1"), headers={"Accept": plain_octet_stream})
     assert response.status_code == 406
     body = response.json()
     assert any("image/jp2" in offer and inst.syntax in offer for offer in body["available"])

@@ -11,6 +11,10 @@ out. The rules, as real clients need them:
   ``transfer-syntax=*`` (or ``"*"``) accepts the stored syntax, an explicit UID must
   equal it, and an absent one means the media type's default syntax (PS3.18 Table
   8.7.3-5) — unless the part type is a wildcard, where the server chooses;
+* ``application/octet-stream`` with ``transfer-syntax=*`` (OHIF's default) or with
+  the stored syntax's UID also carries a compressed codestream, labelled
+  ``application/octet-stream; transfer-syntax=<stored UID>`` (as dcm4chee does, and
+  as Cornerstone decodes it: it reads only the ``transfer-syntax`` parameter);
 * ``*/*`` and a missing Accept answer multipart with the stored syntax;
 * a single-part media type (``application/octet-stream``, ``image/jp2`` ...) can carry
   one frame only, so it applies to single-frame requests.
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from framecdn.framestore.transfer_syntax import DEFAULT_SYNTAX_FOR_MEDIA_TYPE, content_type
 
 MULTIPART_RELATED = "multipart/related"
+OCTET_STREAM = "application/octet-stream"
 
 #: Legacy spellings some clients (dicomweb-client) still send.
 _ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
@@ -176,6 +181,11 @@ def _syntax_matches(syntaxes: list[str], pattern: str, media_type: str, stored: 
     return any(value == "*" or value == stored for value in syntaxes)
 
 
+def _octet_stream_carries(pattern: str, syntaxes: list[str], stored: str) -> bool:
+    """An explicit octet-stream range that admits the stored (compressed) syntax."""
+    return pattern == OCTET_STREAM and any(value in ("*", stored) for value in syntaxes)
+
+
 def _match(rng: MediaRange, stored: Representation, frame_count: int) -> Representation | None:
     media, syntax = stored.media_type, stored.transfer_syntax_uid
     if rng.media_type == MULTIPART_RELATED:
@@ -184,15 +194,22 @@ def _match(rng: MediaRange, stored: Representation, frame_count: int) -> Represe
         for pattern in patterns:
             if _type_matches(pattern, media) and _syntax_matches(syntaxes, pattern, media, syntax):
                 return Representation(True, media, syntax)
+            if _octet_stream_carries(pattern, syntaxes, syntax):
+                return Representation(True, OCTET_STREAM, syntax)
         return None
     if rng.media_type == "*/*":
         if _syntax_matches(rng.values("transfer-syntax"), "*/*", media, syntax):
             return Representation(True, media, syntax)
         return None
-    if frame_count != 1 or not _type_matches(rng.media_type, media):
+    if frame_count != 1:
         return None
-    if _syntax_matches(rng.values("transfer-syntax"), rng.media_type, media, syntax):
+    syntaxes = rng.values("transfer-syntax")
+    if _type_matches(rng.media_type, media) and _syntax_matches(
+        syntaxes, rng.media_type, media, syntax
+    ):
         return Representation(False, media, syntax)
+    if _octet_stream_carries(rng.media_type, syntaxes, syntax):
+        return Representation(False, OCTET_STREAM, syntax)
     return None
 
 

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:  # one line per S3 request is debugging detail
-        for noisy in ("httpx", "httpcore", "botocore", "urllib3"):
+        for noisy in ("aiohttp", "httpx", "httpcore", "botocore", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)

@@ -1,7 +1,7 @@
 """The origin app: ``create_app(settings)`` wires storage, caches, routes and middleware.
 
 One :class:`Origin` per process holds everything shared between requests: the S3
-client (one pooled httpx client), the index and metadata caches, the presigners,
+client (one pooled aiohttp session), the index and metadata caches, the presigners,
 the metrics and the access recorder.
 """
 

@@ -21,7 +21,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Send
 
 from framecdn.origin.multipart import MultipartLayout
-from framecdn.origin.storage import ObjectStore, ObjectStream, RawObjectStream
+from framecdn.origin.storage import ObjectStore, ObjectStream
 
 CHUNK_SIZE = 256 * 1024
 
@@ -42,7 +42,7 @@ class ClosingStreamingResponse(StreamingResponse):
 
 
 async def single_body(
-    stream: ObjectStream | RawObjectStream,
+    stream: ObjectStream,
     expected: int,
     on_broken: Callable[[], None],
     chunk_size: int = CHUNK_SIZE,
@@ -77,7 +77,7 @@ async def multipart_body(
     store: ObjectStore,
     layout: MultipartLayout,
     keys: Sequence[str],
-    first: ObjectStream | RawObjectStream,
+    first: ObjectStream,
     on_broken: Callable[[], None],
     *,
     prefetch: int = 4,
@@ -98,7 +98,7 @@ async def multipart_body(
             pending[scheduled] = asyncio.ensure_future(store.open(keys[scheduled]))
             scheduled += 1
 
-    current: ObjectStream | RawObjectStream | None = first
+    current: ObjectStream | None = first
     try:
         for index in range(count):
             if index > 0:

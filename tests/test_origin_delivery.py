@@ -34,7 +34,8 @@ def module_settings(s3_store: EmbeddedS3) -> Settings:
 def big(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Expected:
     """6 frames of 2 MiB: big enough that a stream is still running when we hang up."""
     path = tmp_path_factory.mktemp("delivery") / "big.dcm"
-    write_tomosynthesis(path, frames=6, rows=1024, columns=1024, seed=7)
+    # 24 x 2 MiB: more than loopback socket buffers hold, so a stalled reader stalls the origin.
+    write_tomosynthesis(path, frames=24, rows=1024, columns=1024, seed=7)
     return ingest(path, module_settings)
 
 
@@ -177,7 +178,7 @@ def _active_s3_connections(served) -> int:
 
 def test_client_disconnect_releases_the_s3_connection(module_settings: Settings, big: Expected) -> None:
     with run_origin(module_settings) as served:
-        url = frames_url(served.root, big, "1,2,3,4,5,6")
+        url = frames_url(served.root, big, ",".join(str(n) for n in range(1, 25)))
         with httpx.Client(timeout=30) as http:
             with http.stream("GET", url) as response:
                 assert response.status_code == 200

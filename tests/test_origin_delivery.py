@@ -32,7 +32,7 @@ def module_settings(s3_store: EmbeddedS3) -> Settings:
 
 @pytest.fixture(scope="module")
 def big(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Expected:
-    """6 frames of 2 MiB: big enough that a stream is still running when we hang up."""
+    """Frames of 2 MiB: big enough that a stream is still running when we hang up."""
     path = tmp_path_factory.mktemp("delivery") / "big.dcm"
     # 24 x 2 MiB: more than loopback socket buffers hold, so a stalled reader stalls the origin.
     write_tomosynthesis(path, frames=24, rows=1024, columns=1024, seed=7)
@@ -184,7 +184,11 @@ def test_client_disconnect_releases_the_s3_connection(module_settings: Settings,
                 assert response.status_code == 200
                 iterator = response.iter_raw(65536)
                 next(iterator)
-                # Mid-stream: the origin holds S3 connections for this frame and prefetches.
+                # Mid-stream the origin holds S3 streams (between two frames, for a moment,
+                # only a prefetch still opening: so look for a little while).
+                deadline = time.monotonic() + 5
+                while not _active_s3_connections(served) and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 assert _active_s3_connections(served) >= 1
             # Leaving the block without reading the body closes our connection.
         deadline = time.monotonic() + 10

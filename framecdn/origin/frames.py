@@ -9,6 +9,7 @@ otherwise the bytes are streamed (single part, with Range, or multipart).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -21,7 +22,7 @@ from framecdn.origin.metrics import label
 from framecdn.origin.multipart import MultipartLayout, Part
 from framecdn.origin.negotiation import NotAcceptable, Representation, negotiate
 from framecdn.origin.ranges import RangeNotSatisfiable, if_range_allows, parse_range
-from framecdn.origin.storage import ObjectMissing, S3Error
+from framecdn.origin.storage import ObjectMissing, ObjectStream, S3Error
 from framecdn.origin.streaming import ClosingStreamingResponse, multipart_body, single_body
 from framecdn.origin.urls import dicomweb_root, frame_url
 
@@ -134,24 +135,14 @@ async def _stream_single(
     headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media_type)
-    try:
-        stream = await origin.store.open(object_key, byte_range=byte_range)
-    except ObjectMissing:
-        origin.indexes.forget(key)
-        return error_response(404, "frame not found (instance is being evicted)")
-    except S3Error as exc:
-        origin.metrics.s3_errors.labels(exc.kind).inc()
-        return s3_error_response(exc)
+    stream = await _open_first_frame(origin, key, object_key, byte_range)
+    if isinstance(stream, Response):
+        return stream
     if stream.content_length not in (-1, length):
         await stream.aclose()
         origin.indexes.forget(key)
         return error_response(404, "frame object does not match the index (being evicted)")
-
-    def broken() -> None:
-        origin.indexes.forget(key)
-        origin.metrics.aborted_streams.inc()
-
-    body = single_body(stream, length, broken, origin.chunk_size)
+    body = single_body(stream, length, _on_broken(origin, key), origin.chunk_size)
     return ClosingStreamingResponse(body, status_code=status, headers=headers, media_type=media_type)
 
 
@@ -169,8 +160,30 @@ async def _stream_multipart(
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers, media_type=media_type)
     keys = [origin.layout.frame(key, n) for n in numbers]
+    first = await _open_first_frame(origin, key, keys[0])
+    if isinstance(first, Response):
+        return first
+    body = multipart_body(
+        origin.store,
+        layout,
+        keys,
+        first,
+        _on_broken(origin, key),
+        prefetch=origin.prefetch,
+        chunk_size=origin.chunk_size,
+    )
+    return ClosingStreamingResponse(body, status_code=200, headers=headers, media_type=media_type)
+
+
+async def _open_first_frame(
+    origin: Origin,
+    key: InstanceKey,
+    object_key: str,
+    byte_range: tuple[int, int] | None = None,
+) -> ObjectStream | Response:
+    """Open the first frame before the status line, so a missing one is still a clean 404."""
     try:
-        first = await origin.store.open(keys[0])
+        return await origin.store.open(object_key, byte_range=byte_range)
     except ObjectMissing:
         origin.indexes.forget(key)
         return error_response(404, "frame not found (instance is being evicted)")
@@ -178,18 +191,12 @@ async def _stream_multipart(
         origin.metrics.s3_errors.labels(exc.kind).inc()
         return s3_error_response(exc)
 
+
+def _on_broken(origin: Origin, key: InstanceKey) -> Callable[[], None]:
+    """What a body does when a frame turns out missing or short mid-stream."""
+
     def broken() -> None:
         origin.indexes.forget(key)
         origin.metrics.aborted_streams.inc()
 
-    body = multipart_body(
-        origin.store,
-        layout,
-        keys,
-        first,
-        broken,
-        prefetch=origin.prefetch,
-        chunk_size=origin.chunk_size,
-    )
-    return ClosingStreamingResponse(body, status_code=200, headers=headers, media_type=media_type)
-
+    return broken

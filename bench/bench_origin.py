@@ -24,7 +24,6 @@ import argparse
 import http.client
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,7 +137,7 @@ def start_origin(store: EmbeddedS3, prefix: str, delivery: str, log: Path) -> Or
             break
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"origin did not start; see {log}")
+                raise RuntimeError(f"origin did not start; see {log}") from None
             time.sleep(0.1)
     return Origin(process, base, f"{base}/dicom-web")
 
@@ -160,12 +159,30 @@ def latencies(fetch: Callable[[int], tuple[int, int]], frames: int, samples: int
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far."""
+    try:
+        proc = psutil.Process(pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
+    except psutil.Error:
+        return 0.0
+
+
 @dataclass
 class Throughput:
     clients: int
     seconds: float
     bytes: int
     peak_rss: int = 0
+    #: CPU seconds spent during the run by: the clients, SeaweedFS, the origin.
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def cpu_per_gb(self, who: str) -> float:
+        return self.cpu.get(who, 0.0) / (self.bytes / 1e9)
+
+    @property
+    def cores_busy(self) -> float:
+        return sum(self.cpu.values()) / self.seconds
 
     @property
     def mb_per_s(self) -> float:
@@ -173,7 +190,11 @@ class Throughput:
 
 
 def throughput(
-    fetch: Callable[[int], tuple[int, int]], frames: int, clients: int, origin: Origin | None
+    fetch: Callable[[int], tuple[int, int]],
+    frames: int,
+    clients: int,
+    origin: Origin | None,
+    store_pid: int,
 ) -> Throughput:
     """``clients`` threads, each fetching frames 1..N (staggered start frame)."""
     totals = [0] * clients
@@ -199,18 +220,26 @@ def throughput(
     if sampler:
         sampler.start()
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    pids = {"clients": os.getpid(), "SeaweedFS": store_pid}
+    if origin:
+        pids["origin"] = origin.process.pid
+    before = {who: cpu_seconds(pid) for who, pid in pids.items()}
+    before["clients"] = sum(os.times()[:2])
     started = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     seconds = time.perf_counter() - started
+    after = {who: cpu_seconds(pid) for who, pid in pids.items()}
+    after["clients"] = sum(os.times()[:2])  # this process only (the store is a child of it)
+    cpu = {who: after[who] - before[who] for who in pids}
     done.set()
     if sampler:
         sampler.join()
     if errors:
         raise errors[0]
-    return Throughput(clients, seconds, sum(totals), peak[0])
+    return Throughput(clients, seconds, sum(totals), peak[0], cpu)
 
 
 def plot(path: Path, direct: list[float], stream: list[float], redirect: list[float], rows: list) -> None:
@@ -304,7 +333,7 @@ def main() -> int:
             print("latency ...", flush=True)
             lat_direct: list[float] = []
             lat_stream: list[float] = []
-            for block in range(4):
+            for _ in range(4):
                 lat_direct += latencies(direct, args.frames, args.samples // 4, 200)
                 lat_stream += latencies(via_origin, args.frames, args.samples // 4, 200)
             via_redirect(1)
@@ -314,8 +343,9 @@ def main() -> int:
             results = []
             for clients in client_counts:
                 print(f"throughput, {clients} clients ...", flush=True)
-                d = throughput(direct, args.frames, clients, None)
-                o = throughput(via_origin, args.frames, clients, stream)
+                store_pid = store._process.pid  # the weed process the bench started
+                d = throughput(direct, args.frames, clients, None, store_pid)
+                o = throughput(via_origin, args.frames, clients, stream, store_pid)
                 results.append((d, o))
                 rows.append((clients, d.mb_per_s, o.mb_per_s))
         finally:
@@ -346,6 +376,17 @@ def main() -> int:
         goal = f" (goal ≥ 0.8 {'✅' if ratio >= 0.8 else '❌'})" if d.clients == max(client_counts) else ""
         md.append(f"| {d.clients} | {d.mb_per_s:.0f} | {o.mb_per_s:.0f} | {ratio:.2f}{goal} | "
                   f"{o.peak_rss / 1e6:.0f} MB |")
+    md.append("")
+    md.append("Where the CPU goes (CPU seconds per GB delivered; cores busy out of "
+              f"{os.cpu_count()}):")
+    md.append("")
+    md.append("| Clients | path | clients | SeaweedFS | origin | cores busy |")
+    md.append("| ---: | --- | ---: | ---: | ---: | ---: |")
+    for (d, o) in results:
+        for name, t in (("direct", d), ("origin", o)):
+            origin_cpu = f"{t.cpu_per_gb('origin'):.2f}" if "origin" in t.cpu else "—"
+            md.append(f"| {t.clients} | {name} | {t.cpu_per_gb('clients'):.2f} | "
+                      f"{t.cpu_per_gb('SeaweedFS'):.2f} | {origin_cpu} | {t.cores_busy:.2f} |")
     md.append("")
     md.append(f"Origin RSS idle (after warm-up of the stream origin): {rss_idle / 1e6:.0f} MB.")
     text = "\n".join(md)

@@ -340,7 +340,6 @@ def _native_frame(
     rows: int, columns: int, bits_allocated: int, bits_stored: int, seed: int, number: int
 ) -> np.ndarray:
     """Frame ``number``: the base pattern shifted by a per-frame offset (cheap, distinct)."""
-    dtype = {8: np.uint8, 16: np.uint16, 32: np.uint32}[bits_allocated]
     bits_stored = min(bits_stored, bits_allocated)
     base = _base_pattern(rows, columns, bits_stored, seed)
     mask = (1 << bits_stored) - 1

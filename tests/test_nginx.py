@@ -1,28 +1,21 @@
 """The nginx layer, with a real nginx in front of a real origin and the real SeaweedFS.
 
-``infra/nginx/framecdn.conf.template`` is rendered with :class:`string.Template` (the
-same substitution ``envsubst`` does for the listed variables), included in a minimal
-nginx.conf whose pid, logs, temp and cache paths live in the test's own directory, and
-run as ``nginx -p <dir> -c <conf> -g 'daemon off;'`` on a free loopback port.
+The harness (template rendering, a private nginx.conf, ``run_nginx``) lives in
+``tests/nginx_fixtures.py``, shared with ``bench/bench_origin.py``.
 
 Without the nginx binary these tests skip, unless ``CI`` is set: then they fail.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import string
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,29 +27,28 @@ from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import KeyLayout
 from framecdn.framestore.s3 import make_client
 from framecdn.synthetic import write_tomosynthesis
-from tests.origin_fixtures import Expected, RunningOrigin, free_port, ingest, run_origin
-
-REPO = Path(__file__).resolve().parent.parent
-TEMPLATE = REPO / "infra" / "nginx" / "framecdn.conf.template"
-NGINX_CANDIDATES = ("/usr/sbin/nginx",)
+from tests.nginx_fixtures import (
+    TEMPLATE,
+    RunningNginx,
+    nginx_binary_or_none,
+    render_template,
+    run_nginx,
+    template_variables,
+    write_config,
+)
+from tests.origin_fixtures import Expected, RunningOrigin, ingest, run_origin
 
 SINGLE = "application/octet-stream"
 OHIF_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax="*"'
 EVLE = "1.2.840.10008.1.2.1"
 
 
-# --- nginx harness -----------------------------------------------------------------
-
-
-def nginx_binary_or_none() -> str | None:
-    for candidate in NGINX_CANDIDATES:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return shutil.which("nginx")
+# --- nginx binary ------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def nginx_binary() -> str:
+    """The nginx to run; skip without one, but fail under CI (a missing server is a fault)."""
     found = nginx_binary_or_none()
     if found is None:
         reason = "nginx binary not found at /usr/sbin/nginx or on PATH (apt-get install nginx-light)"
@@ -64,139 +56,6 @@ def nginx_binary() -> str:
             pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
         pytest.skip(reason)
     return found
-
-
-def template_variables(text: str) -> set[str]:
-    """``${NAME}`` placeholders of the template (nginx's own variables are ``$lowercase``)."""
-    names = set()
-    for match in string.Template.pattern.finditer(text):
-        name = match.group("braced")
-        if name and name.upper() == name:
-            names.add(name)
-    return names
-
-
-def render_template(values: dict[str, str]) -> str:
-    text = TEMPLATE.read_text()
-    missing = template_variables(text) - values.keys()
-    assert not missing, f"template variables without a value: {sorted(missing)}"
-    rendered = string.Template(text).safe_substitute(values)
-    assert not template_variables(rendered), "unrendered placeholders left"
-    return rendered
-
-
-def main_conf(directory: Path) -> str:
-    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must write to our tmp dir
-    return f"""{user}worker_processes 1;
-error_log {directory}/error.log warn;
-pid {directory}/nginx.pid;
-events {{ worker_connections 512; }}
-http {{
-    default_type application/octet-stream;
-    client_body_temp_path {directory}/temp/client;
-    proxy_temp_path {directory}/temp/proxy;
-    fastcgi_temp_path {directory}/temp/fastcgi;
-    uwsgi_temp_path {directory}/temp/uwsgi;
-    scgi_temp_path {directory}/temp/scgi;
-    include {directory}/framecdn.conf;
-}}
-"""
-
-
-def variables_for(
-    directory: Path, listen_port: int, origin: RunningOrigin, **overrides: str
-) -> dict[str, str]:
-    s3 = urlsplit(origin.settings.s3_endpoint or "")
-    values = {
-        "NGINX_LISTEN": f"127.0.0.1:{listen_port}",
-        "NGINX_SERVER_NAME": "_",
-        "NGINX_ORIGIN": urlsplit(origin.base).netloc,
-        "NGINX_S3_SERVER": s3.netloc,
-        "NGINX_S3_HOST": s3.netloc,
-        "NGINX_S3_SCHEME": s3.scheme,
-        "NGINX_RESOLVER": "127.0.0.1",
-        "NGINX_CACHE_DIR": str(directory / "cache"),
-        "NGINX_CACHE_MAX_SIZE": "1g",
-        "NGINX_S3_CACHE_MAX_SIZE": "1g",
-        "NGINX_ACCESS_LOG": str(directory / "access.log"),
-        "FRAMECDN_ROOT_PATH": origin.settings.root_path.rstrip("/"),
-        "FRAMECDN_ACCEL_LOCATION": origin.settings.accel_location,
-    }
-    values.update(overrides)
-    return values
-
-
-@dataclass
-class RunningNginx:
-    base: str
-    root: str
-    directory: Path
-    process: subprocess.Popen[bytes]
-
-    def frames_url(self, inst: Expected, frames: str) -> str:
-        return (
-            f"{self.root}/studies/{inst.study}/series/{inst.series}"
-            f"/instances/{inst.sop}/frames/{frames}"
-        )
-
-    def metadata_url(self, inst: Expected) -> str:
-        return f"{self.root}/studies/{inst.study}/series/{inst.series}/instances/{inst.sop}/metadata"
-
-    def error_log(self) -> str:
-        path = self.directory / "error.log"
-        return path.read_text() if path.exists() else ""
-
-
-def write_config(binary: str, directory: Path, values: dict[str, str]) -> Path:
-    for sub in ("temp", "cache"):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
-    (directory / "framecdn.conf").write_text(render_template(values))
-    conf = directory / "nginx.conf"
-    conf.write_text(main_conf(directory))
-    check = subprocess.run(
-        [binary, "-t", "-p", str(directory), "-c", str(conf)], capture_output=True, text=True
-    )
-    assert check.returncode == 0, f"nginx -t failed:\n{check.stderr}"
-    return conf
-
-
-@contextlib.contextmanager
-def run_nginx(
-    binary: str, directory: Path, origin: RunningOrigin, **overrides: str
-) -> Iterator[RunningNginx]:
-    port = free_port()
-    values = variables_for(directory, port, origin, **overrides)
-    conf = write_config(binary, directory, values)
-    log = open(directory / "nginx.out", "wb")
-    process = subprocess.Popen(
-        [binary, "-p", str(directory), "-c", str(conf), "-g", "daemon off;"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    log.close()
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"nginx exited with {process.returncode}: "
-                    f"{(directory / 'nginx.out').read_text()}{(directory / 'error.log').read_text()}"
-                )
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("nginx did not listen within 10 s")
-            time.sleep(0.02)
-        base = f"http://127.0.0.1:{port}"
-        yield RunningNginx(base, base + values["FRAMECDN_ROOT_PATH"], directory, process)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGQUIT)  # graceful: workers finish, master exits
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
 
 
 # --- data and servers --------------------------------------------------------------
@@ -244,7 +103,10 @@ def stream_origin(module_settings: Settings, instance: Expected) -> Iterator[Run
 def stream_nginx(
     nginx_binary: str, stream_origin: RunningOrigin, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningNginx]:
-    with run_nginx(nginx_binary, tmp_path_factory.mktemp("nginx-stream"), stream_origin) as proxy:
+    with run_nginx(
+        nginx_binary, tmp_path_factory.mktemp("nginx-stream"), stream_origin.base,
+        stream_origin.settings,
+    ) as proxy:
         yield proxy
 
 
@@ -261,7 +123,10 @@ def accel_origin(module_settings: Settings, instance: Expected) -> Iterator[Runn
 def accel_nginx(
     nginx_binary: str, accel_origin: RunningOrigin, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningNginx]:
-    with run_nginx(nginx_binary, tmp_path_factory.mktemp("nginx-accel"), accel_origin) as proxy:
+    with run_nginx(
+        nginx_binary, tmp_path_factory.mktemp("nginx-accel"), accel_origin.base,
+        accel_origin.settings,
+    ) as proxy:
         yield proxy
 
 
@@ -626,7 +491,8 @@ def test_accel_url_signed_for_another_host_is_refused_by_s3(
     port = urlsplit(settings.s3_endpoint or "").port
     with run_origin(settings) as origin:
         with run_nginx(
-            nginx_binary, tmp_path / "wrong", origin, NGINX_S3_HOST=f"localhost:{port}"
+            nginx_binary, tmp_path / "wrong", origin.base, origin.settings,
+            NGINX_S3_HOST=f"localhost:{port}",
         ) as proxy:
             response = http.get(proxy.frames_url(instance, "1"), headers={"Accept": SINGLE})
             assert response.status_code == 502, response.status_code
@@ -634,6 +500,6 @@ def test_accel_url_signed_for_another_host_is_refused_by_s3(
             assert "no-store" in response.headers["cache-control"]
             again = http.get(proxy.frames_url(instance, "1"), headers={"Accept": SINGLE})
             assert again.status_code == 502  # the refusal was not cached
-        with run_nginx(nginx_binary, tmp_path / "right", origin) as proxy:
+        with run_nginx(nginx_binary, tmp_path / "right", origin.base, origin.settings) as proxy:
             response = http.get(proxy.frames_url(instance, "1"), headers={"Accept": SINGLE})
             assert response.status_code == 200 and response.content == instance.frames[0]

@@ -151,7 +151,8 @@ def write_config(
     conf = directory / "nginx.conf"
     conf.write_text(main_conf(directory, worker_processes))
     check = subprocess.run(
-        [binary, "-t", "-p", str(directory), "-c", str(conf)], capture_output=True, text=True
+        [binary, "-t", "-p", str(directory), "-c", str(conf)],
+        check=False, capture_output=True, text=True,
     )
     assert check.returncode == 0, f"nginx -t failed:\n{check.stderr}"
     return conf
@@ -198,12 +199,12 @@ def run_nginx(
     port = free_port()
     values = variables_for(directory, port, origin_base, settings, **overrides)
     conf = write_config(binary, directory, values, worker_processes)
-    log = open(directory / "nginx.out", "wb")
-    process = subprocess.Popen(
-        [binary, "-p", str(directory), "-c", str(conf), "-g", "daemon off;"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    log.close()
+    with open(directory / "nginx.out", "wb") as log:  # the child keeps its own copy
+        process = subprocess.Popen(
+            [binary, "-p", str(directory), "-c", str(conf), "-g", "daemon off;"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         _wait_listening(process, directory, port)
         base = f"http://127.0.0.1:{port}"

@@ -21,7 +21,7 @@ import socket
 import string
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -142,12 +142,20 @@ class RunningNginx:
 
 
 def write_config(
-    binary: str, directory: Path, values: dict[str, str], worker_processes: str = "1"
+    binary: str,
+    directory: Path,
+    values: dict[str, str],
+    worker_processes: str = "1",
+    edit: Callable[[str], str] | None = None,
 ) -> Path:
-    """Render into ``directory`` and check it with ``nginx -t`` (fails loudly if wrong)."""
+    """Render into ``directory`` and check it with ``nginx -t`` (fails loudly if wrong).
+
+    ``edit`` changes the rendered text: for a benchmark of a variant of the shipped
+    config, never for the tests, which check the template as it is."""
     for sub in ("temp", "cache"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
-    (directory / "framecdn.conf").write_text(render_template(values))
+    rendered = render_template(values)
+    (directory / "framecdn.conf").write_text(edit(rendered) if edit else rendered)
     conf = directory / "nginx.conf"
     conf.write_text(main_conf(directory, worker_processes))
     check = subprocess.run(
@@ -192,13 +200,14 @@ def run_nginx(
     settings: Settings,
     *,
     worker_processes: str = "1",
+    edit: Callable[[str], str] | None = None,
     **overrides: str,
 ) -> Iterator[RunningNginx]:
     """nginx in the foreground (its own session) on a free port in front of ``origin_base``;
     ``overrides`` replace template values (e.g. ``NGINX_S3_HOST``). Stopped gracefully."""
     port = free_port()
     values = variables_for(directory, port, origin_base, settings, **overrides)
-    conf = write_config(binary, directory, values, worker_processes)
+    conf = write_config(binary, directory, values, worker_processes, edit)
     with open(directory / "nginx.out", "wb") as log:  # the child keeps its own copy
         process = subprocess.Popen(
             [binary, "-p", str(directory), "-c", str(conf), "-g", "daemon off;"],

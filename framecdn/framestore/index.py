@@ -59,6 +59,8 @@ class InstanceIndex:
     metadata_sha256: str
     source: SourceInfo
     ingested_at: str
+    #: Unique per write of the instance: tells a re-ingested instance from the old one.
+    ingest_id: str = ""
     schema: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -67,6 +69,11 @@ class InstanceIndex:
         return InstanceKey(
             self.study_instance_uid, self.series_instance_uid, self.sop_instance_uid
         )
+
+    @property
+    def generation(self) -> str:
+        """Identity of this write of the instance (same UIDs, new ingest: new generation)."""
+        return f"{self.ingested_at}/{self.ingest_id}"
 
     @property
     def total_frame_bytes(self) -> int:

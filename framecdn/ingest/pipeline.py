@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -266,6 +267,7 @@ class Ingestor:
             metadata_sha256=hashlib.sha256(body).hexdigest(),
             source=source,
             ingested_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            ingest_id=uuid.uuid4().hex,
         )
         # The commit marker: only now does the instance become visible.
         self._put(self.layout.index(key), index.to_json(), "application/json")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
+from framecdn.framestore.index import InstanceIndex
 from framecdn.framestore.keys import InstanceKey, InvalidUID
 from framecdn.origin.errors import error_response, s3_error_response
 from framecdn.origin.framelist import InvalidFrameList, check_in_range, parse_frame_list
@@ -87,7 +88,7 @@ async def frames_endpoint(request: Request) -> Response:
         if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         return await _stream_multipart(
-            request, origin, key, numbers, layout, representation, headers
+            request, origin, index, numbers, layout, representation, headers
         )
 
     number = numbers[0]
@@ -105,13 +106,15 @@ async def frames_endpoint(request: Request) -> Response:
         headers["Content-Type"] = representation.part_content_type
         return origin.delivery.accel(object_key, headers)
     label(request.scope, mode="stream")
-    return await _stream_single(request, origin, key, object_key, entry.size, representation, headers)
+    return await _stream_single(
+        request, origin, index, object_key, entry.size, representation, headers
+    )
 
 
 async def _stream_single(
     request: Request,
     origin: Origin,
-    key: InstanceKey,
+    index: InstanceIndex,
     object_key: str,
     size: int,
     representation: Representation,
@@ -135,21 +138,21 @@ async def _stream_single(
     headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media_type)
-    stream = await _open_first_frame(origin, key, object_key, byte_range)
+    stream = await _open_first_frame(origin, index, object_key, byte_range)
     if isinstance(stream, Response):
         return stream
     if stream.content_length not in (-1, length):
         await stream.aclose()
-        origin.indexes.forget(key)
+        origin.indexes.mark_stale(index.key, index)
         return error_response(404, "frame object does not match the index (being evicted)")
-    body = single_body(stream, length, _on_broken(origin, key), origin.chunk_size)
+    body = single_body(stream, length, _on_broken(origin, index), origin.chunk_size)
     return ClosingStreamingResponse(body, status_code=status, headers=headers, media_type=media_type)
 
 
 async def _stream_multipart(
     request: Request,
     origin: Origin,
-    key: InstanceKey,
+    index: InstanceIndex,
     numbers: tuple[int, ...],
     layout: MultipartLayout,
     representation: Representation,
@@ -159,8 +162,8 @@ async def _stream_multipart(
     headers["Content-Length"] = str(layout.content_length)
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers, media_type=media_type)
-    keys = [origin.layout.frame(key, n) for n in numbers]
-    first = await _open_first_frame(origin, key, keys[0])
+    keys = [origin.layout.frame(index.key, n) for n in numbers]
+    first = await _open_first_frame(origin, index, keys[0])
     if isinstance(first, Response):
         return first
     body = multipart_body(
@@ -168,7 +171,7 @@ async def _stream_multipart(
         layout,
         keys,
         first,
-        _on_broken(origin, key),
+        _on_broken(origin, index),
         prefetch=origin.prefetch,
         chunk_size=origin.chunk_size,
     )
@@ -177,7 +180,7 @@ async def _stream_multipart(
 
 async def _open_first_frame(
     origin: Origin,
-    key: InstanceKey,
+    index: InstanceIndex,
     object_key: str,
     byte_range: tuple[int, int] | None = None,
 ) -> ObjectStream | Response:
@@ -185,18 +188,18 @@ async def _open_first_frame(
     try:
         return await origin.store.open(object_key, byte_range=byte_range)
     except ObjectMissing:
-        origin.indexes.forget(key)
+        origin.indexes.mark_stale(index.key, index)
         return error_response(404, "frame not found (instance is being evicted)")
     except S3Error as exc:
         origin.metrics.s3_errors.labels(exc.kind).inc()
         return s3_error_response(exc)
 
 
-def _on_broken(origin: Origin, key: InstanceKey) -> Callable[[], None]:
+def _on_broken(origin: Origin, index: InstanceIndex) -> Callable[[], None]:
     """What a body does when a frame turns out missing or short mid-stream."""
 
     def broken() -> None:
-        origin.indexes.forget(key)
+        origin.indexes.mark_stale(index.key, index)
         origin.metrics.aborted_streams.inc()
 
     return broken

@@ -2,8 +2,14 @@
 
 The index is the commit marker (no index = not there) and holds every frame's size
 and checksum, so once it is cached a frame request needs no S3 call but the frame's
-own GET. Entries live ``ttl`` seconds and are dropped as soon as a frame turns out
-missing (the instance is being evicted).
+own GET. Entries live ``ttl`` seconds.
+
+Objects of one instance can expire a little apart. When a frame (or the metadata)
+turns out missing, the instance is half evicted: its index is marked *stale* and
+ignored from then on, so every frame of it answers 404 (or is filled from the
+upstream), not just the missing one. A stale mark names the index it condemns (by
+its generation), so a re-ingested instance is served again at once; the sweeper
+deletes the stale index from the bucket.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ class InstanceIndexes:
         *,
         ttl: float = 600.0,
         maxsize: int = 20000,
+        stale_ttl: float = 24 * 3600.0,
     ) -> None:
         self.store = store
         self.layout = layout
         self.metrics = metrics
         self.upstream = upstream or NoUpstream()
         self.cache: TTLCache[InstanceKey, InstanceIndex] = TTLCache(maxsize, ttl)
+        self.stale: TTLCache[InstanceKey, str] = TTLCache(maxsize, stale_ttl)
 
     async def _load(self, key: InstanceKey) -> InstanceIndex | None:
         try:
@@ -42,9 +50,12 @@ class InstanceIndexes:
             self.metrics.s3_errors.labels(exc.kind).inc()
             raise
         try:
-            return InstanceIndex.from_json(raw)
+            index = InstanceIndex.from_json(raw)
         except InvalidIndex:
             return None  # unreadable commit marker: treat as not committed
+        if self.stale.get(key) == index.generation:
+            return None  # the index of a half-evicted instance: not there any more
+        return index
 
     async def get(self, key: InstanceKey) -> InstanceIndex | None:
         """The instance's index, or None (after giving the upstream its chance)."""
@@ -64,5 +75,10 @@ class InstanceIndexes:
         return index
 
     def forget(self, key: InstanceKey) -> None:
-        """Drop a cached index (a frame of it went missing)."""
+        """Drop a cached index, so the next request reads it from the bucket again."""
+        self.cache.drop(key)
+
+    def mark_stale(self, key: InstanceKey, index: InstanceIndex) -> None:
+        """An object of this instance is missing: ignore this index from now on."""
+        self.stale.put(key, index.generation)
         self.cache.drop(key)

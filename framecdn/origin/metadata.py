@@ -106,14 +106,15 @@ class MetadataService:
 
     async def instance_object(self, key: InstanceKey) -> dict[str, Any] | None:
         """The stored DICOM JSON object of a committed instance, or None."""
-        if await self.origin.indexes.get(key) is None:
+        index = await self.origin.indexes.get(key)
+        if index is None:
             return None
 
         async def load() -> dict[str, Any] | None:
             try:
                 raw = await self.origin.store.get_bytes(self.origin.layout.metadata(key))
             except ObjectMissing:
-                self.origin.indexes.forget(key)
+                self.origin.indexes.mark_stale(key, index)
                 return None
             data = json.loads(raw)
             return data[0] if isinstance(data, list) and data else data

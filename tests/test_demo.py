@@ -46,6 +46,7 @@ def test_demo_serves_the_generated_study_and_stops_cleanly(tmp_path) -> None:
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=60)
     assert process.returncode == 0, rest
+    assert "stopping" in rest and "WARNING" not in rest, rest  # origin done before the store
     leftover = subprocess.run(
         ["pgrep", "-f", f"weed mini -dir={data_dir}"], capture_output=True, text=True
     ).stdout.split()

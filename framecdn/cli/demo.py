@@ -7,6 +7,7 @@ it, and serves it through the origin, checking one frame byte for byte.
 from __future__ import annotations
 
 import argparse
+import signal
 import threading
 import time
 import urllib.request
@@ -72,15 +73,25 @@ def _serve(settings, generated) -> int:
     )
     threading.Thread(target=_self_check, args=(server, instance, generated), daemon=True).start()
     # Serve from a thread so Ctrl-C reaches us, not uvicorn: we stop it, then the store.
-    serving = threading.Thread(target=server.run, name="origin")
-    serving.start()
+    stopped = threading.Event()
+
+    def serve() -> None:
+        try:
+            server.run()
+        finally:
+            stopped.set()
+
+    threading.Thread(target=serve, name="origin", daemon=True).start()
     try:
-        while serving.is_alive():
-            serving.join(0.5)
+        while not stopped.wait(0.5):
+            pass
     except KeyboardInterrupt:
+        # A terminal's Ctrl-C reaches make and the shell too, which may pass it on again:
+        # ignore repeats so the origin finishes (and flushes its markers) before the store stops.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("\nstopping ...", flush=True)
         server.should_exit = True
-        serving.join(10)
+        stopped.wait(15)  # an Event, not Thread.join: join can return early once interrupted
     return 0
 
 

@@ -325,37 +325,20 @@ class NginxFleet:
         self._serial = 0
 
     @contextlib.contextmanager
-    def fresh(self, tag: str, edit: Callable[[str], str] | None = None) -> Iterator[RunningNginx]:
-        """A new nginx with an empty cache; its directory (cache included) goes afterwards.
-        ``edit`` makes it run a variant of the shipped config."""
+    def fresh(self, tag: str) -> Iterator[RunningNginx]:
+        """A new nginx with an empty cache; its directory (cache included) goes afterwards."""
         self._serial += 1
         directory = self.workdir / f"nginx-{self._serial:02d}-{tag}"
         directory.mkdir(parents=True)
         try:
             with run_nginx(
                 self.binary, directory, self.origin.base, self.settings,
-                worker_processes="auto", edit=edit,
+                worker_processes="auto",
             ) as proxy:
                 urllib.request.urlopen(f"{proxy.base}/healthz", timeout=5).close()
                 yield proxy
         finally:
             shutil.rmtree(directory, ignore_errors=True)
-
-
-FRAMES_LOCATION = """        location ~ /frames/[^/]+$ {
-            proxy_pass http://framecdn_origin;
-"""
-
-
-def frames_lock_off(rendered: str) -> str:
-    """The shipped config with ``proxy_cache_lock off`` for frame URLs (response cache).
-
-    In accel mode the origin's X-Accel-Redirect answers are never stored, yet concurrent
-    requests for one frame URL still queue on the response cache's lock, which nginx
-    polls every 500 ms. This variant shows what that lock costs; it is not what the
-    template ships (with ``stream`` it would give up collapsing cold fills)."""
-    assert rendered.count(FRAMES_LOCATION) == 1, "frames location not found in the template"
-    return rendered.replace(FRAMES_LOCATION, FRAMES_LOCATION + "            proxy_cache_lock off;\n")
 
 
 def nginx_fetch(fetcher: Fetcher, proxy: RunningNginx, frames: Frames, expect: set[str]) -> Fetch:
@@ -473,13 +456,13 @@ def stream_table(r: Results, top: int) -> list[str]:
     return md
 
 
-ACCEL_RUNS = ("accel warm", "accel cold", "accel warm, lock off")
+ACCEL_RUNS = ("accel warm", "accel cold")
 
 
 def accel_table(r: Results, top: int) -> list[str]:
     md = [("| Clients | direct MB/s | accel warm MB/s | ratio | accel cold MB/s | ratio | "
-           "accel warm, frames lock off (variant) MB/s | ratio | nginx / origin peak RSS (warm) |"),
-          "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "nginx / origin peak RSS (warm) |"),
+          "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for run in r.runs:
         d, w = run["direct"], run["accel warm"]
         cells = []
@@ -543,8 +526,7 @@ def plot(path: Path, r: Results) -> None:
     ax.grid(alpha=0.3)
     ax = axes[2]
     names = ["direct", "stream", *ACCEL_RUNS]
-    labels = ["direct S3", "origin (stream)", "accel via nginx, warm", "accel via nginx, cold",
-              "accel via nginx, warm,\nframes lock off (variant)"]
+    labels = ["direct S3", "origin (stream)", "accel via nginx, warm", "accel via nginx, cold"]
     width = 0.16
     for k, (name, label) in enumerate(zip(names, labels, strict=True)):
         xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(r.runs))]
@@ -588,9 +570,8 @@ def run(args: argparse.Namespace, binary: str, tmp_path: Path) -> Results:
         for mode in ("stream", "redirect", "accel"):
             origins[mode] = start_origin(store, settings, mode, tmp_path / f"origin-{mode}.log")
             stack.callback(origins[mode].stop)
-        fleet = NginxFleet(binary, tmp_path, origins["accel"], settings)
+        fleet = NginxFleet(binary, tmp_path, origins["accel"], settings.with_overrides(delivery="accel"))
         warm = stack.enter_context(fleet.fresh("warm"))
-        warm_lock_off = stack.enter_context(fleet.fresh("warm-lock-off", edit=frames_lock_off))
         instance = f"studies/{frames.study}/series/{frames.series}/instances/{frames.sop}"
         fetcher = Fetcher()
 
@@ -604,10 +585,8 @@ def run(args: argparse.Namespace, binary: str, tmp_path: Path) -> Results:
             return fetcher.get(f"{origins['redirect'].root}/{instance}/frames/{n}", SINGLE)
 
         print("checking accel through nginx (MISS then HIT, exact bytes) ...", flush=True)
-        for proxy in (warm, warm_lock_off):
-            verify_accel(proxy, frames, direct_urls)  # also fills the proxy's cache
+        verify_accel(warm, frames, direct_urls)  # also fills the proxy's cache
         via_warm = nginx_fetch(fetcher, warm, frames, {"HIT"})
-        via_warm_lock_off = nginx_fetch(fetcher, warm_lock_off, frames, {"HIT"})
         # Warm every path (page cache, index cache, connections), then interleave.
         for n in range(1, args.frames + 1):
             direct(n), via_stream(n), via_warm(n)
@@ -636,10 +615,6 @@ def run(args: argparse.Namespace, binary: str, tmp_path: Path) -> Results:
                 "accel warm": throughput(via_warm, args.frames, clients, store_pid,
                                          {"origin": accel_pid, "nginx": warm.process.pid}),
                 "accel cold": cold_throughput(fleet, fetcher, frames, clients, store_pid, accel_pid),
-                "accel warm, lock off": throughput(
-                    via_warm_lock_off, args.frames, clients, store_pid,
-                    {"origin": accel_pid, "nginx": warm_lock_off.process.pid},
-                ),
             })
     return Results(args.frames, index.frames[0].size / 1e6, args.rows, args.columns, lat_direct,
                    lat_stream, lat_redirect, lat_cold, lat_warm, runs, rss_idle)

@@ -113,6 +113,9 @@ def variables_for(
         "NGINX_CACHE_MAX_SIZE": "1g",
         "NGINX_S3_CACHE_MAX_SIZE": "1g",
         "NGINX_ACCESS_LOG": str(directory / "access.log"),
+        # As docs/deployment.md says: collapse cold frame fills when the origin streams;
+        # in accel mode only the object cache (which has its own lock) stores frames.
+        "NGINX_FRAMES_CACHE_LOCK": "off" if settings.delivery == "accel" else "on",
         "FRAMECDN_ROOT_PATH": settings.root_path.rstrip("/"),
         "FRAMECDN_ACCEL_LOCATION": settings.accel_location,
     }

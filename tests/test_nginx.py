@@ -34,6 +34,7 @@ from tests.nginx_fixtures import (
     render_template,
     run_nginx,
     template_variables,
+    variables_for,
     write_config,
 )
 from tests.origin_fixtures import Expected, RunningOrigin, ingest, run_origin
@@ -180,8 +181,8 @@ def test_envsubst_with_the_variable_list_renders_like_string_template(
         "NGINX_S3_HOST": "s3.eu-west-1.amazonaws.com", "NGINX_S3_SCHEME": "https",
         "NGINX_RESOLVER": "127.0.0.1", "NGINX_CACHE_DIR": str(tmp_path / "cache"),
         "NGINX_CACHE_MAX_SIZE": "10g", "NGINX_S3_CACHE_MAX_SIZE": "20g",
-        "NGINX_ACCESS_LOG": "/dev/null", "FRAMECDN_ROOT_PATH": "/dicom-web",
-        "FRAMECDN_ACCEL_LOCATION": "/_framecdn_s3/",
+        "NGINX_ACCESS_LOG": "/dev/null", "NGINX_FRAMES_CACHE_LOCK": "off",
+        "FRAMECDN_ROOT_PATH": "/dicom-web", "FRAMECDN_ACCEL_LOCATION": "/_framecdn_s3/",
     }
     rendered = render_template(values)
     assert "proxy_pass https://framecdn_s3/;" in rendered
@@ -281,10 +282,23 @@ def test_concurrent_cold_requests_make_one_origin_fetch(
 def test_rendered_cache_settings(tmp_path: Path) -> None:
     text = TEMPLATE.read_text()
     assert text.count("proxy_cache_lock on;") == 2
+    # Frames: the lock follows the delivery mode (accel answers are never stored, so a
+    # lock there would only queue concurrent readers of one frame).
+    assert "proxy_cache_lock ${NGINX_FRAMES_CACHE_LOCK};" in text
     for line in [ln.strip() for ln in text.splitlines()]:
         if line.startswith(("proxy_cache_lock_timeout", "proxy_cache_lock_age")):
             seconds = int(line.split()[1].rstrip(";").removesuffix("s"))
             assert seconds >= 30, line  # nginx's default 5 s is shorter than a cold 10 MB fill
+
+
+def test_frames_lock_follows_the_delivery_mode(tmp_path: Path) -> None:
+    settings = Settings()
+    for delivery, lock in (("stream", "on"), ("accel", "off")):
+        values = variables_for(
+            tmp_path, 8080, "http://127.0.0.1:8081", settings.with_overrides(delivery=delivery)
+        )
+        frames_location = render_template(values).split("location ~ /frames/[^/]+$ {")[1]
+        assert f"proxy_cache_lock {lock};" in frames_location.split("}")[0], delivery
 
 
 def test_ranges_are_answered_by_nginx_on_miss_and_hit(

@@ -10,10 +10,13 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from tests.origin_fixtures import free_port
 
 
-def test_demo_serves_the_generated_study_and_stops_cleanly(tmp_path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_demo_serves_the_generated_study_and_stops_cleanly(tmp_path, stop) -> None:
     port = free_port()
     data_dir = tmp_path / "demo"
     process = subprocess.Popen(
@@ -43,7 +46,7 @@ def test_demo_serves_the_generated_study_and_stops_cleanly(tmp_path) -> None:
         assert metadata[0]["00280008"]["Value"] == [4]  # NumberOfFrames
         assert metadata[0]["7FE00010"]["BulkDataURI"].startswith(f"http://127.0.0.1:{port}/")
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         rest, _ = process.communicate(timeout=60)
     assert process.returncode == 0, rest
     assert "stopping" in rest and "WARNING" not in rest, rest  # origin done before the store

@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from framecdn.synthetic import write_tomosynthesis
 
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, systemd, docker stop: same clean path
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     store = EmbeddedS3(data_dir / "s3", bucket="framecdn")
@@ -56,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
         if args.no_serve:
             return 0
         return _serve(settings, generated)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Turn SIGTERM into the Ctrl-C path, so the store (its own session) is stopped too."""
+    raise KeyboardInterrupt
 
 
 def _serve(settings, generated) -> int:
@@ -89,6 +95,7 @@ def _serve(settings, generated) -> int:
         # A terminal's Ctrl-C reaches make and the shell too, which may pass it on again:
         # ignore repeats so the origin finishes (and flushes its markers) before the store stops.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("\nstopping ...", flush=True)
         server.should_exit = True
         stopped.wait(15)  # an Event, not Thread.join: join can return early once interrupted

@@ -50,3 +50,21 @@ def list_keys(client, bucket: str, prefix: str) -> list[str]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def own_bucket(s3_store: EmbeddedS3, settings: Settings) -> Settings:
+    """Settings for a bucket of this test's own (lifecycle rules are bucket-wide)."""
+    bucket = f"own-{uuid.uuid4().hex[:12]}"
+    s3_store.ensure_bucket(bucket)
+    return settings.with_overrides(bucket=bucket)
+
+
+def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, s3_store: EmbeddedS3) -> int:
+    """Run a ``framecdn`` subcommand in-process, configured for the session store."""
+    from framecdn.cli import build_parser
+
+    for name, value in s3_store.environment().items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(argv)
+    return args.handler(args)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
-from framecdn.cli import eviction as eviction_cli
 from framecdn.framestore.access import access_key, encode_marker
 from framecdn.framestore.keys import KeyLayout
 from framecdn.framestore.retention import RETENTION_TAG
@@ -14,7 +11,7 @@ from framecdn.ingest.eviction import NothingStored, delete_keys, evict
 from framecdn.ingest.pinning import pin
 from framecdn.ingest.pipeline import ingest_file
 from framecdn.synthetic import write_tomosynthesis
-from tests.conftest import list_keys
+from tests.conftest import list_keys, run_cli
 
 STUDY, OTHER_STUDY = "1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.2"
 SERIES_A, SERIES_B = "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.2"
@@ -44,15 +41,6 @@ def tags_of(client, bucket: str, keys: list[str]) -> set[str]:
         tagset = client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
         values |= {t["Value"] for t in tagset if t["Key"] == RETENTION_TAG}
     return values
-
-
-def run_cli(argv: list[str], monkeypatch, s3_store) -> int:
-    for name, value in s3_store.environment().items():
-        monkeypatch.setenv(name, value)
-    parser = argparse.ArgumentParser(prog="framecdn")
-    eviction_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
 
 
 def test_ingest_tags_everything_cache(s3_client, settings, stored):

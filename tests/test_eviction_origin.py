@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import date
 
-import pytest
 from starlette.testclient import TestClient
 
 from framecdn.framestore.keys import KeyLayout
@@ -19,13 +17,6 @@ from tests.conftest import list_keys
 
 MULTIPART = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 SINGLE = "application/octet-stream; transfer-syntax=*"
-
-
-@pytest.fixture
-def own_bucket(s3_store, settings):
-    bucket = f"eo-{uuid.uuid4().hex[:12]}"
-    s3_store.ensure_bucket(bucket)
-    return settings.with_overrides(bucket=bucket)
 
 
 def ingest(tmp_path, settings, name: str):

@@ -5,20 +5,17 @@ Lifecycle configuration is bucket-wide, so every test here works in a bucket of 
 
 from __future__ import annotations
 
-import argparse
-import uuid
 from datetime import date
 
 import pytest
 
-from framecdn.cli import lifecycle as lifecycle_cli
 from framecdn.framestore.keys import KeyLayout
 from framecdn.framestore.retention import RETENTION_TAG
 from framecdn.ingest import lifecycle
 from framecdn.ingest.pinning import pin
 from framecdn.ingest.pipeline import ingest_file
 from framecdn.synthetic import write_tomosynthesis
-from tests.conftest import list_keys
+from tests.conftest import list_keys, run_cli
 
 FOREIGN = {
     "ID": "logs-cleanup",
@@ -26,23 +23,6 @@ FOREIGN = {
     "Filter": {"Prefix": "logs/"},
     "Expiration": {"Days": 3},
 }
-
-
-@pytest.fixture
-def own_bucket(s3_store, settings):
-    """Settings for a bucket of this test's own (lifecycle rules are bucket-wide)."""
-    bucket = f"lc-{uuid.uuid4().hex[:12]}"
-    s3_store.ensure_bucket(bucket)
-    return settings.with_overrides(bucket=bucket)
-
-
-def run_cli(argv: list[str], monkeypatch, s3_store) -> int:
-    for name, value in s3_store.environment().items():
-        monkeypatch.setenv(name, value)
-    parser = argparse.ArgumentParser(prog="framecdn")
-    lifecycle_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
 
 
 def test_rules_are_exactly_prefix_and_tag_scoped():

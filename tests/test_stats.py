@@ -7,8 +7,6 @@ import json
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import pytest
-
 from framecdn.cli import eviction as eviction_cli
 from framecdn.framestore.keys import KeyLayout
 from framecdn.ingest import lifecycle, stats
@@ -17,13 +15,6 @@ from framecdn.ingest.pipeline import ingest_file
 from framecdn.synthetic import write_tomosynthesis
 
 ROOT = "1.2.826.0.1.3680043.30"
-
-
-@pytest.fixture
-def own_bucket(s3_store, settings):
-    bucket = f"st-{uuid.uuid4().hex[:12]}"
-    s3_store.ensure_bucket(bucket)
-    return settings.with_overrides(bucket=bucket)
 
 
 def ingest(tmp_path, settings, n: int, frames: int = 3, side: int = 32):

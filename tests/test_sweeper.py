@@ -17,7 +17,7 @@ from framecdn.ingest.pipeline import ingest_file
 from framecdn.ingest.stats import take_inventory
 from framecdn.ingest.sweeper import sweep
 from framecdn.synthetic import write_tomosynthesis
-from tests.conftest import list_keys
+from tests.conftest import list_keys, run_cli
 
 ROOT = "1.2.826.0.1.3680043.20"
 
@@ -154,15 +154,6 @@ def test_refresh_is_refused_on_seaweedfs_unless_forced(s3_client, settings, stud
         assert {"Key": RETENTION_TAG, "Value": "cache"} in tags
     frame = s3_client.head_object(Bucket=settings.bucket, Key=layout.frame(studies["A"].key, 1))
     assert frame["ContentType"].startswith(studies["A"].media_type)
-
-
-def run_cli(argv: list[str], monkeypatch, s3_store) -> int:
-    for name, value in s3_store.environment().items():
-        monkeypatch.setenv(name, value)
-    parser = argparse.ArgumentParser(prog="framecdn")
-    eviction_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
 
 
 def test_parse_size():

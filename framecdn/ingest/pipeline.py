@@ -32,7 +32,9 @@ from framecdn.framestore.retention import tagging
 from framecdn.framestore.s3 import make_client
 from framecdn.framestore.transfer_syntax import content_type
 from framecdn.ingest import metadata
+from framecdn.ingest.eviction import EvictionError, delete_keys
 from framecdn.ingest.splitter import InvalidInstance, SplitInstance, open_instance
+from framecdn.ingest.stats import list_objects
 
 log = logging.getLogger(__name__)
 
@@ -345,20 +347,14 @@ class Ingestor:
 
     def _discard(self, key: InstanceKey) -> None:
         """Remove every object of a failed instance (index first, though it was never written)."""
-        prefix = self.layout.instance_prefix(key)
+        index = self.layout.index(key)
         try:
-            keys = [self.layout.index(key)]
-            paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.settings.bucket, Prefix=prefix):
-                keys.extend(obj["Key"] for obj in page.get("Contents", []))
-            for start in range(0, len(keys), 1000):
-                batch = [{"Key": k} for k in dict.fromkeys(keys[start : start + 1000])]
-                self.client.delete_objects(
-                    Bucket=self.settings.bucket, Delete={"Objects": batch, "Quiet": True}
-                )
-        except (ClientError, BotoCoreError) as exc:
+            listed = list_objects(self.client, self.settings.bucket, self.layout.instance_prefix(key))
+            others = [obj.key for obj in listed if obj.key != index]
+            delete_keys(self.client, self.settings.bucket, [index, *others])
+        except (ClientError, BotoCoreError, EvictionError) as exc:
             log.error("could not clean up %s (no index was written, so it stays invisible): %s",
-                      prefix, exc)
+                      self.layout.instance_prefix(key), exc)
 
 
 def _wait_all(futures: Iterable[Future]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from framecdn.embedded_s3 import EmbeddedS3
+from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.s3 import make_client
 
@@ -61,10 +62,15 @@ def own_bucket(s3_store: EmbeddedS3, settings: Settings) -> Settings:
 
 
 def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, s3_store: EmbeddedS3) -> int:
-    """Run a ``framecdn`` subcommand in-process, configured for the session store."""
-    from framecdn.cli import build_parser
+    """Run a ``framecdn`` subcommand in-process (through ``main``), set up for the session store."""
+    from framecdn.cli import main
 
     for name, value in s3_store.environment().items():
         monkeypatch.setenv(name, value)
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
+    return main(argv)
+
+
+@pytest.fixture
+def bucket(settings: Settings) -> Bucket:
+    """The session store's bucket, as the write side sees it."""
+    return Bucket.from_settings(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from pydicom.encaps import generate_frames
 from framecdn.framestore.index import FrameEntry, InstanceIndex
 from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.framestore.retention import RETENTION_TAG
-from framecdn.ingest.pipeline import IngestError, Ingestor, ingest_file, ingest_paths
+from framecdn.ingest.pipeline import Ingestor, ingest_file, ingest_paths
 from framecdn.synthetic import write_encapsulated, write_tomosynthesis
 from tests.conftest import list_keys
 
@@ -115,13 +116,13 @@ def test_reingest_is_skipped_and_force_rewrites(s3_client, settings, tmp_path) -
     assert first.count("ingested") == 1
     puts: list[str] = []
     with Ingestor(settings) as ingestor:
-        ingestor.client.meta.events.register(
+        ingestor.bucket.client.meta.events.register(
             "provide-client-params.s3.PutObject", lambda params, **_: puts.append(params["Key"])
         )
         again = ingestor.ingest(generated.path)
     assert again.status == "skipped" and puts == []
     with Ingestor(settings, force=True) as ingestor:
-        ingestor.client.meta.events.register(
+        ingestor.bucket.client.meta.events.register(
             "provide-client-params.s3.PutObject", lambda params, **_: puts.append(params["Key"])
         )
         result = ingestor.ingest(generated.path)
@@ -204,14 +205,43 @@ def test_bad_inputs_fail_alone_and_leave_nothing(s3_client, settings, tmp_path) 
     assert keys and all(f"/instances/{good.SOPInstanceUID}/" in k for k in keys)
 
 
-def test_failed_instance_frames_are_cleaned_up(s3_client, settings, tmp_path) -> None:
-    """Pixel Data that ends mid-instance: frames already uploaded are removed again."""
+class FailingFile(io.FileIO):
+    """A file whose reads fail (as a disk or network share can) from byte ``fail_at`` on."""
+
+    def __init__(self, path: Path, fail_at: int) -> None:
+        super().__init__(path, "rb")
+        self.fail_at = fail_at
+
+    def _check(self, size: int) -> None:
+        if size < 0 or self.tell() + size > self.fail_at:
+            raise OSError(5, "Input/output error (simulated)")
+
+    def read(self, size: int = -1) -> bytes:
+        self._check(size)
+        return super().read(size)
+
+    def readinto(self, buffer) -> int:
+        self._check(len(buffer))
+        return super().readinto(buffer)
+
+
+def test_an_instance_failing_after_its_first_frames_leaves_nothing(
+    s3_client, settings, tmp_path
+) -> None:
+    """The read fails at frame 5 of 6: frames 1..4 were uploaded, and must go again."""
     generated = write_tomosynthesis(tmp_path / "tomo.dcm", frames=6, rows=64, columns=64)
-    raw = generated.path.read_bytes()
-    truncated = tmp_path / "cut.dcm"
-    truncated.write_bytes(raw[: len(raw) - 2 * 64 * 64 * 2 - 100])
-    with pytest.raises(IngestError):
-        ingest_file(truncated, settings)
+    frame_length = 64 * 64 * 2
+    fail_at = generated.path.stat().st_size - 2 * frame_length + 10
+    layout = KeyLayout(settings.prefix)
+    key = InstanceKey(generated.study_uid, generated.series_uid, generated.sop_uid)
+    uploaded: list[str] = []
+    with Ingestor(settings) as ingestor, FailingFile(generated.path, fail_at) as source:
+        ingestor.bucket.client.meta.events.register(
+            "provide-client-params.s3.PutObject", lambda params, **_: uploaded.append(params["Key"])
+        )
+        result = ingestor.ingest(source, name="tomo.dcm")
+    assert result.status == "failed" and "Input/output error" in result.reason
+    assert sorted(uploaded) == sorted(layout.frame(key, n) for n in range(1, 5))  # it got far
     assert list_keys(s3_client, settings.bucket, KeyLayout(settings.prefix).prefix) == []
 
 
@@ -241,7 +271,7 @@ def test_cli_reports_each_failure_and_exits_nonzero(settings, tmp_path) -> None:
     assert process.returncode == 1
     failures = [line for line in err.splitlines() if line.startswith("FAILED ")]
     assert len(failures) == len(bad)
-    assert "1 instances ingested" in out and f"{len(bad)} failed" in out
+    assert "1 instance ingested" in out and f"{len(bad)} failed" in out
 
 
 def _wait_for_frames(client, settings, prefix: str, count: int, timeout: float = 60) -> None:

@@ -27,8 +27,10 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from framecdn.errors import FramecdnError, MissingExtra
 from framecdn.framestore.config import Settings
@@ -108,6 +110,7 @@ class EmbeddedS3:
         base_port: int | None = None,
         credentials: Credentials | None = None,
         log_path: str | os.PathLike[str] | None = None,
+        extra_identities: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +118,9 @@ class EmbeddedS3:
         self.base_port = base_port or find_port_block()
         self.credentials = credentials or load_or_create_credentials(self.data_dir)
         self.log_path = Path(log_path) if log_path else self.data_dir / "weed.log"
+        #: More SeaweedFS identities (``{"name", "credentials", "actions"}``), e.g. for tests
+        #: of what framecdn does with a key that may not read.
+        self.extra_identities = list(extra_identities)
         self._process: subprocess.Popen[bytes] | None = None
         self._lock: int | None = None  # fd of the held lock file
 
@@ -172,7 +178,8 @@ class EmbeddedS3:
                         }
                     ],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
+                },
+                *self.extra_identities,
             ]
         }
         path.write_text(json.dumps(config))

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from framecdn.errors import StoreError
 from framecdn.framestore.access import access_key, encode_marker, read_last_access
 from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.keys import KeyLayout
@@ -16,7 +17,7 @@ from framecdn.maintenance.inventory import take_inventory
 from framecdn.maintenance.pinning import pin
 from framecdn.maintenance.sweeper import sweep
 from framecdn.synthetic import write_tomosynthesis
-from tests.conftest import list_keys, run_cli
+from tests.conftest import NO_READ, list_keys, run_cli
 
 ROOT = "1.2.826.0.1.3680043.20"
 
@@ -164,3 +165,50 @@ def test_cli_sweep(s3_client, bucket, settings, studies, monkeypatch, s3_store, 
     assert run_cli(["sweep", "--max-bytes", "0", *flags], monkeypatch, s3_store) == 1
     assert "still over budget" in capsys.readouterr().out
     assert stored_studies(s3_client, settings) == {"B"}
+
+
+def test_a_key_that_may_not_read_tags_evicts_nothing(bucket, settings, studies, monkeypatch,
+                                                     s3_store, capsys):
+    """Real denied GetObjectTagging (a key with List+Write only): every study is skipped."""
+    layout = KeyLayout(settings.prefix)
+    pin(bucket, layout, study_uid("D"))
+    blind = Bucket.from_settings(
+        settings.with_overrides(
+            aws_access_key_id=NO_READ.access_key, aws_secret_access_key=NO_READ.secret_key
+        )
+    )
+    report = sweep(blind, layout, max_bytes=0)
+    assert report.evicted == [] and not report.ok
+    assert sorted(report.skipped) == sorted(study_uid(name) for name in "ABCD")
+    assert "AccessDenied" in report.skipped[study_uid("D")]
+    assert stored_studies(bucket.client, settings) == set("ABCD")
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", NO_READ.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", NO_READ.secret_key)
+    from framecdn.cli import main
+
+    flags = ["--endpoint", settings.s3_endpoint, "--bucket", settings.bucket,
+             "--prefix", settings.prefix]
+    assert main(["sweep", "--max-bytes", "0", *flags]) == 1
+    err = capsys.readouterr().err
+    assert f"study {study_uid('D')}: its retention tag could not be read" in err
+    assert "Traceback" not in err
+    assert stored_studies(bucket.client, settings) == set("ABCD")
+
+
+def test_a_bucket_whose_tag_reads_fail_for_one_study_keeps_it(bucket, settings, studies):
+    """The same on the real store, with only the pinned study's tag read failing."""
+    layout = KeyLayout(settings.prefix)
+    pin(bucket, layout, study_uid("A"))
+    real_tags = bucket.tags
+
+    def tags(key: str) -> dict[str, str]:
+        if study_uid("A") + "/" in key:
+            raise StoreError(f"S3 at {bucket.endpoint} did not answer in time (GET tags of {key})")
+        return real_tags(key)
+
+    bucket.tags = tags  # type: ignore[method-assign]
+    report = sweep(bucket, layout, max_bytes=0)
+    assert sorted(c.study for c in report.evicted) == sorted(study_uid(n) for n in "BCD")
+    assert stored_studies(bucket.client, settings) == {"A"}
+    assert list(report.skipped) == [study_uid("A")]

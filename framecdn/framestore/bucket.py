@@ -276,11 +276,16 @@ class Bucket:
 
     # Lifecycle configuration ----------------------------------------------------
     def lifecycle_rules(self) -> list[dict[str, Any]]:
-        """The bucket's lifecycle rules ([] when it has none)."""
+        """The bucket's lifecycle rules ([] when it has none).
+
+        Some stores (SeaweedFS) answer "no configuration" for a bucket that does not
+        exist either; the bucket is checked before "none" is believed.
+        """
         try:
             answer = self.client.get_bucket_lifecycle_configuration(Bucket=self.name)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
+                self.check()
                 return []
             raise self._error(exc, "GET lifecycle rules") from exc
         except BotoCoreError as exc:

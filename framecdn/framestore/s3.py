@@ -7,7 +7,7 @@ frame stays identical for that window and a CDN can cache the redirect target.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from urllib.parse import quote
 
 import boto3
@@ -109,7 +109,7 @@ class Presigner:
     def url(self, key: str, *, now: float | None = None) -> str:
         now = time.time() if now is None else now
         window_start = int(now) - int(now) % self.window_seconds
-        signed_at = datetime.fromtimestamp(window_start, tz=UTC)
+        signed_at = datetime.fromtimestamp(window_start, tz=timezone.utc)
         expires = min(2 * self.window_seconds, 7 * 24 * 3600)
         request = AWSRequest(
             method="GET", url=f"{self.endpoint}/{self.bucket}/{quote(key, safe='/~')}"

@@ -105,6 +105,7 @@ def test_a_real_half_evicted_instance_is_repaired(fake):
 
 def test_a_failing_marker_read_stops_the_sweep_before_any_eviction(fake):
     fake.put(LAYOUT.access_marker(uid("A")), b'{"study": "x", "last_access": 1}', "x")
+    del fake.objects[index_key("B").replace("index.json", "frames/2")]  # would be repaired
     fake.fail("get", lambda key: "/access/" in key)
     before = dict(fake.objects)
     with pytest.raises(StoreError):

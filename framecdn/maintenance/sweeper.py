@@ -142,6 +142,8 @@ def sweep(
     inventory = take_inventory(bucket, layout, workers=workers)
     report.usage_before = inventory.bytes
     report.skipped = inventory.unreadable
+    # Read before anything is deleted: a marker the store fails to give stops the run here.
+    last_access = read_last_access(bucket, layout, workers=workers)
 
     # 1. Half-evicted instances and dead ingests (never in a study whose tags are unknown).
     broken: dict[InstanceKey, list[StoredObject]] = {}
@@ -160,7 +162,6 @@ def sweep(
         inventory.forget(broken)
 
     # 2. Least recently used studies until under budget.
-    last_access = read_last_access(bucket, layout, workers=workers)
     ranked = rank(inventory, last_access)
     report.pinned_bytes = sum(study.pinned_bytes for study in inventory.studies.values())
     report.kept_bytes = sum(c.bytes for c in ranked if c.pinned or not c.evictable)

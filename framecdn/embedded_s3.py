@@ -140,7 +140,7 @@ class EmbeddedS3:
     def s3_grpc_address(self) -> str:
         return f"127.0.0.1:{self.port('s3') + GRPC_OFFSET}"
 
-    def settings(self, **overrides) -> Settings:
+    def settings(self, **overrides: Any) -> Settings:
         """framecdn Settings that point at this store."""
         base = Settings(
             s3_endpoint=self.endpoint,

@@ -1,4 +1,4 @@
-"""``AccessRecorder``: at most one marker write per study per flush period, the latest time in it."""
+"""``AccessRecorder``: at most one marker write per study per period, with the latest time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``framecdn s3``: a real store in the foreground, usable from its printed exports, gone on a signal.
+"""``framecdn s3``: a real store in the foreground, usable from its exports, gone on a signal.
 
 It is started the way ``cmd &`` in a script starts it (SIGINT ignored), and must still stop
 on SIGINT and on SIGTERM, taking its ``weed`` process with it.

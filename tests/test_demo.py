@@ -48,7 +48,8 @@ def test_demo_serves_the_generated_study_and_stops_cleanly(tmp_path, stop) -> No
         # The printed exports point `framecdn stats` at the running demo.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FRAMECDN_"))}
         stats = subprocess.run(
-            [sys.executable, "-m", "framecdn", "stats"], env={**env, **exports(output.splitlines())},
+            [sys.executable, "-m", "framecdn", "stats"],
+            env={**env, **exports(output.splitlines())},
             capture_output=True, text=True, timeout=60,
         )
         assert stats.returncode == 0, stats.stderr

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from framecdn.framestore.retention import RETENTION_TAG
 from framecdn.ingest.pipeline import Ingestor, ingest_file, ingest_paths
 from framecdn.synthetic import write_encapsulated, write_tomosynthesis
 from tests.conftest import list_keys
+from tests.processes import running
 
 
 def _get(client, settings, key: str) -> bytes:
@@ -48,7 +48,8 @@ def test_native_tomosynthesis_is_stored_frame_by_frame(s3_client, settings, tmp_
         body = _get(s3_client, settings, layout.frame(key, number))
         expected = pixel_data[(number - 1) * frame_length : number * frame_length]
         assert body == expected
-        assert index.frame(number) == FrameEntry(len(expected), hashlib.sha256(expected).hexdigest())
+        digest = hashlib.sha256(expected).hexdigest()
+        assert index.frame(number) == FrameEntry(len(expected), digest)
     head = s3_client.head_object(Bucket=settings.bucket, Key=layout.frame(key, 1))
     assert head["ContentType"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
     tags = s3_client.get_object_tagging(Bucket=settings.bucket, Key=layout.frame(key, 1))
@@ -245,7 +246,8 @@ def test_an_instance_failing_after_its_first_frames_leaves_nothing(
     assert list_keys(s3_client, settings.bucket, KeyLayout(settings.prefix).prefix) == []
 
 
-def _cli(settings, *args: str, **kwargs) -> subprocess.Popen:
+def _cli(settings, *args: str):
+    """``framecdn ARGS`` in a subprocess for the test's prefix; killed if the test fails."""
     env = dict(os.environ)
     env.update(
         FRAMECDN_S3_ENDPOINT=settings.s3_endpoint,
@@ -254,20 +256,13 @@ def _cli(settings, *args: str, **kwargs) -> subprocess.Popen:
         AWS_ACCESS_KEY_ID=settings.aws_access_key_id,
         AWS_SECRET_ACCESS_KEY=settings.aws_secret_access_key,
     )
-    return subprocess.Popen(
-        [sys.executable, "-m", "framecdn", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,
-    )
+    return running([sys.executable, "-m", "framecdn", *args], env=env)
 
 
 def test_cli_reports_each_failure_and_exits_nonzero(settings, tmp_path) -> None:
     bad = _bad_inputs(tmp_path / "in")
-    process = _cli(settings, "ingest", "--no-progress", str(tmp_path / "in"))
-    out, err = process.communicate(timeout=120)
+    with _cli(settings, "ingest", "--no-progress", str(tmp_path / "in")) as process:
+        out, err = process.communicate(timeout=120)
     assert process.returncode == 1
     failures = [line for line in err.splitlines() if line.startswith("FAILED ")]
     assert len(failures) == len(bad)
@@ -290,18 +285,19 @@ def test_interrupted_ingest_is_invisible_and_a_rerun_completes(
     generated = write_tomosynthesis(tmp_path / "tomo.dcm", frames=40, rows=1024, columns=1024)
     layout = KeyLayout(settings.prefix)
     key = InstanceKey(generated.study_uid, generated.series_uid, generated.sop_uid)
-    process = _cli(settings, "ingest", "--no-progress", "--workers", "2", str(generated.path))
-    _wait_for_frames(s3_client, settings, layout.instance_prefix(key), 2)
-    process.send_signal(how)
-    process.communicate(timeout=60)
+    command = ("ingest", "--no-progress", "--workers", "2", str(generated.path))
+    with _cli(settings, *command) as process:
+        _wait_for_frames(s3_client, settings, layout.instance_prefix(key), 2)
+        process.send_signal(how)
+        process.communicate(timeout=60)
     assert process.returncode != 0
     keys = list_keys(s3_client, settings.bucket, layout.instance_prefix(key))
     assert layout.index(key) not in keys  # nothing visible
     if how == signal.SIGINT:
         assert keys == []  # a clean interrupt removes what it wrote
 
-    rerun = _cli(settings, "ingest", "--no-progress", str(generated.path))
-    out, err = rerun.communicate(timeout=120)
+    with _cli(settings, "ingest", "--no-progress", str(generated.path)) as rerun:
+        out, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
     index = InstanceIndex.from_json(_get(s3_client, settings, layout.index(key)))
     assert index.number_of_frames == 40

@@ -1,4 +1,4 @@
-"""Maintenance decisions on an in-memory bucket: what is evicted, kept, retagged, and in which order.
+"""Maintenance decisions on an in-memory bucket: what is evicted, kept, retagged, in which order.
 
 The objects are written by the real Ingestor (into a FakeBucket), so keys, tags and
 indexes are exactly what production writes; the fake then fails chosen reads the way a

@@ -55,7 +55,8 @@ print("ok")
 
 
 def test_demo_without_numpy_names_the_extra(tmp_path):
-    code = f"from framecdn.cli import main; sys.exit(main(['demo', '--data-dir', {str(tmp_path)!r}]))"
+    argv = ["demo", "--data-dir", str(tmp_path)]
+    code = f"from framecdn.cli import main; sys.exit(main({argv!r}))"
     result = run_python(code)
     assert result.returncode == 1
     assert result.stderr.strip() == (

@@ -64,13 +64,16 @@ def run(args: argparse.Namespace) -> int:
     with store:
         print(f"S3 endpoint {store.endpoint}, bucket {store.bucket}", flush=True)
         study_path = data_dir / f"tomo-{args.frames}x{args.rows}x{args.columns}.dcm"
+        study_uid, series_uid, sop_uid = demo_uids(args.frames, args.rows, args.columns)
         generated = write_tomosynthesis(
             study_path,
             frames=args.frames,
             rows=args.rows,
             columns=args.columns,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
             reuse=True,
-            **demo_uids(args.frames, args.rows, args.columns),
         )
         size_mb = study_path.stat().st_size / 1e6
         verb = "reusing" if generated.reused else "generated"
@@ -86,13 +89,11 @@ def run(args: argparse.Namespace) -> int:
         return _serve(settings, generated, exports(store))
 
 
-def demo_uids(frames: int, rows: int, columns: int) -> dict[str, str]:
-    """UIDs fixed by the study's size, so a rerun finds (and reuses) the same study."""
+def demo_uids(frames: int, rows: int, columns: int) -> tuple[str, str, str]:
+    """Study, series and SOP instance UIDs fixed by the study's size, so a rerun reuses it."""
     seed = ["framecdn demo", str(frames), str(rows), str(columns)]
-    return {
-        name: generate_uid(entropy_srcs=[*seed, name])
-        for name in ("study_uid", "series_uid", "sop_uid")
-    }
+    study, series, sop = (generate_uid(entropy_srcs=[*seed, level]) for level in "ABC")
+    return study, series, sop
 
 
 def exports(store: EmbeddedS3) -> str:

@@ -17,6 +17,7 @@ share the key layout and the error root.
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -204,7 +205,7 @@ class Bucket:
 
     def delete(self, keys: Sequence[str], *, batch_size: int = DELETE_BATCH) -> int:
         """Delete ``keys`` in batches (a missing key is not an error); raise if any is refused."""
-        refused: list[str] = []
+        refused: builtins.list[str] = []
         for start in range(0, len(keys), batch_size):
             batch = keys[start : start + batch_size]
             request = {"Objects": [{"Key": key} for key in batch], "Quiet": True}
@@ -275,7 +276,7 @@ class Bucket:
         self.set_tags(key, tags)
 
     # Lifecycle configuration ----------------------------------------------------
-    def lifecycle_rules(self) -> list[dict[str, Any]]:
+    def lifecycle_rules(self) -> builtins.list[dict[str, Any]]:
         """The bucket's lifecycle rules ([] when it has none).
 
         Some stores (SeaweedFS) answer "no configuration" for a bucket that does not

@@ -166,3 +166,9 @@ def parse_object_key(object_key: str) -> ParsedKey | None:
     if match["frame"] is not None:
         return ParsedKey(prefix, instance, "frame", int(match["frame"]))
     return ParsedKey(prefix, instance, "metadata" if match["part"] == "metadata" else "index")
+
+
+def is_index_key(object_key: str) -> bool:
+    """True for an instance's ``index.json`` (the commit marker), under any prefix."""
+    parsed = parse_object_key(object_key)
+    return parsed is not None and parsed.part == "index"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from framecdn.errors import FramecdnError, UsageError
 from framecdn.framestore.bucket import Bucket, StoredObject
-from framecdn.framestore.keys import InstanceKey, KeyLayout, validate_uid
+from framecdn.framestore.keys import InstanceKey, KeyLayout, is_index_key, validate_uid
 from framecdn.maintenance.inventory import group_by_prefix
 
 
@@ -92,9 +92,9 @@ def evict_objects(
     )
     if dry_run:
         return report
-    indexes = [obj.key for obj in objects if obj.key.endswith("/index.json")]
+    indexes = [obj.key for obj in objects if is_index_key(obj.key)]
     bucket.delete(indexes)
-    bucket.delete([obj.key for obj in objects if not obj.key.endswith("/index.json")])
+    bucket.delete([obj.key for obj in objects if not is_index_key(obj.key)])
     return report
 
 

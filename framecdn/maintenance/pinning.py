@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from framecdn.framestore.bucket import Bucket
-from framecdn.framestore.keys import KeyLayout
+from framecdn.framestore.keys import KeyLayout, is_index_key
 from framecdn.framestore.retention import CACHE, PINNED
 from framecdn.maintenance.eviction import NothingStored, find_objects
 
@@ -41,8 +41,8 @@ def pin(
         what = f"study {study}" + (f" series {series}" if series else "")
         raise NothingStored(f"nothing stored for {what}")
     objects = [obj for group in found.values() for obj in group]
-    body = [obj.key for obj in objects if not obj.key.endswith("/index.json")]
-    indexes = [obj.key for obj in objects if obj.key.endswith("/index.json")]
+    body = [obj.key for obj in objects if not is_index_key(obj.key)]
+    indexes = [obj.key for obj in objects if is_index_key(obj.key)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for keys in (body, indexes):
             list(pool.map(lambda key: bucket.set_retention(key, value), keys))

@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 
 from framecdn.cli.ingest import summary
 from framecdn.cli.stopping import ignore_signals, stop_on_signals
+from framecdn.cli.units import count
 from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.errors import MissingExtra
 from framecdn.framestore.config import Settings
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         )
         size_mb = study_path.stat().st_size / 1e6
         verb = "reusing" if generated.reused else "generated"
-        print(f"{verb} {study_path.name}: {generated.number_of_frames} frames, {size_mb:.0f} MB")
+        frames = count(generated.number_of_frames, "frame")
+        print(f"{verb} {study_path.name}: {frames}, {size_mb:.0f} MB")
         settings = store.settings(prefix=DEMO_PREFIX, port=args.port)
         report = ingest_paths([study_path], settings)
         print(summary(report), flush=True)
@@ -157,7 +159,7 @@ def _self_check(
         body = response.read()
     verdict = "byte-exact" if body == generated.frame(1) else "MISMATCH"
     print(
-        f"\nframecdn origin is serving {generated.number_of_frames} frames:\n"
+        f"\nframecdn origin is serving {count(generated.number_of_frames, 'frame')}:\n"
         f"  metadata  {instance}/metadata\n"
         f"  frame 1   {instance}/frames/1   ({len(body) / 1e6:.1f} MB, {verdict})\n"
         f"  try:      curl -o frame.bin -H 'Accept: application/octet-stream' "

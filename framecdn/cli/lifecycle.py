@@ -161,8 +161,10 @@ def describe(rule: Rule) -> str:
             f"aborted {count(days, 'day')} after they started"
         )
     if "NoncurrentVersionExpiration" in rule:
-        days = rule["NoncurrentVersionExpiration"].get("NoncurrentDays")
-        actions.append(f"old versions of {who} are deleted {days} days after being replaced")
+        days = int(rule["NoncurrentVersionExpiration"].get("NoncurrentDays", 0))
+        actions.append(
+            f"old versions of {who} are deleted {count(days, 'day')} after being replaced"
+        )
     if "Transitions" in rule or "Transition" in rule:
         actions.append(f"{who} move to another storage class")
     text = "; ".join(actions) or f"{who}: no action framecdn knows how to describe"

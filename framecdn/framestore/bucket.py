@@ -210,7 +210,7 @@ class Bucket:
             batch = keys[start : start + batch_size]
             request = {"Objects": [{"Key": key} for key in batch], "Quiet": True}
             answer = self._call(
-                f"DELETE {len(batch)} objects",
+                f"batched DELETE ({len(batch)} of {len(keys)} keys)",
                 lambda request=request: self.client.delete_objects(  # type: ignore[misc]
                     Bucket=self.name, Delete=request
                 ),
@@ -218,7 +218,8 @@ class Bucket:
             refused += [f"{e.get('Key')}: {e.get('Code')}" for e in answer.get("Errors", [])]
         if refused:
             raise DeleteRefused(
-                f"{len(refused)} objects were not deleted: " + "; ".join(refused[:5])
+                f"{len(refused)} of {len(keys)} objects were not deleted: "
+                + "; ".join(refused[:5])
             )
         return len(keys)
 

@@ -64,10 +64,13 @@ def _variable_of(name: str) -> str:
     return next(variable for variable, (field, _) in ENVIRONMENT.items() if field == name)
 
 
-def setting_help(name: str, text: str) -> str:
-    """Help for a flag that overrides a setting: names its variable and the built-in default."""
+def setting_help(name: str, text: str, *, unset: str = "none") -> str:
+    """Help for a flag that overrides a setting: names its variable and the built-in default.
+
+    ``unset`` says what an empty default means (e.g. "AWS S3" for the endpoint).
+    """
     default = {f.name: f.default for f in fields(Settings)}[name]
-    shown = "none" if default in (None, "") else default
+    shown = unset if default in (None, "") else default
     return f"{text} (default: ${_variable_of(name)}, else {shown})".replace("%", "%%")
 
 
@@ -75,7 +78,9 @@ def add_storage_flags(parser: argparse.ArgumentParser) -> None:
     """Flags that override the storage settings from the environment."""
     group = parser.add_argument_group("storage (overrides FRAMECDN_* / AWS_* variables)")
     group.add_argument(
-        "--endpoint", dest="s3_endpoint", help=setting_help("s3_endpoint", "S3 endpoint URL")
+        "--endpoint",
+        dest="s3_endpoint",
+        help=setting_help("s3_endpoint", "S3 endpoint URL", unset="AWS S3"),
     )
     group.add_argument("--bucket", help=setting_help("bucket", "bucket name"))
     group.add_argument("--prefix", help=setting_help("prefix", "key prefix, e.g. one per clinic"))

@@ -25,4 +25,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_origin.py
 
 clean:
-	rm -rf $(VENV) .demo .bench
+	rm -rf $(VENV) .demo .bench .framecdn-s3

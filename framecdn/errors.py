@@ -39,3 +39,11 @@ class ObjectMissing(StoreError):
     def __init__(self, key: str) -> None:
         super().__init__(f"no object {key}")
         self.key = key
+
+
+class MissingExtra(FramecdnError):
+    """An optional part of framecdn (an extra of the package) is not installed."""
+
+    def __init__(self, what: str, extra: str) -> None:
+        super().__init__(f"{what} is not installed: pip install 'framecdn[{extra}]'")
+        self.extra = extra

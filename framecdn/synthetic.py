@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import io
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -66,6 +67,8 @@ class GeneratedInstance:
     rows: int
     columns: int
     _frame: Callable[[int], bytes] = field(repr=False, compare=False)
+    #: True when ``write_tomosynthesis(reuse=True)`` found the same file already written.
+    reused: bool = field(default=False, compare=False)
 
     def frame(self, number: int) -> bytes:
         """Expected bytes of frame ``number`` (1-based, as in DICOMweb URLs).
@@ -99,12 +102,15 @@ def write_tomosynthesis(
     sop_class_uid: str = BREAST_TOMOSYNTHESIS_IMAGE_STORAGE,
     include_number_of_frames: bool = True,
     pixel_data: bool = True,
+    reuse: bool = False,
 ) -> GeneratedInstance:
     """Write a native MONOCHROME2 breast tomosynthesis instance, one frame at a time.
 
     ``transfer_syntax_uid`` may be Explicit VR LE (default), Implicit VR LE or Explicit
     VR Big Endian. ``include_number_of_frames=False`` writes a single-frame style header
     (use with ``frames=1``); ``pixel_data=False`` leaves Pixel Data out entirely.
+    ``reuse=True`` (with fixed UIDs) keeps a file already at ``path`` whose header and
+    size are exactly what this call would write: the frames follow from the parameters.
     """
     if bits_allocated not in (8, 16, 32):
         raise ValueError("bits_allocated must be 8, 16 or 32")
@@ -136,17 +142,25 @@ def write_tomosynthesis(
     def expected(number: int) -> bytes:
         return _native_frame(rows, columns, bits_allocated, bits_stored, seed, number).tobytes()
 
-    with open(path, "wb") as fp:
-        dcmwrite(fp, ds, enforce_file_format=True)
-        if pixel_data:
-            value_length = frames * frame_length
-            vr = b"OB" if bits_allocated == 8 else b"OW"
-            fp.write(_element_header(0x7FE00010, vr, value_length, transfer_syntax_uid))
-            for number in range(1, frames + 1):
-                pixels = _native_frame(rows, columns, bits_allocated, bits_stored, seed, number)
-                fp.write((pixels.byteswap() if big_endian else pixels).tobytes())
-            if value_length % 2:
-                fp.write(b"\x00")
+    header = io.BytesIO()
+    dcmwrite(header, ds, enforce_file_format=True)
+    value_length = frames * frame_length
+    vr = b"OB" if bits_allocated == 8 else b"OW"
+    if pixel_data:
+        header.write(_element_header(0x7FE00010, vr, value_length, transfer_syntax_uid))
+    size = header.tell() + (value_length + value_length % 2 if pixel_data else 0)
+    reused = reuse and _has_header(path, header.getvalue(), size)
+    if not reused:
+        with open(path, "wb") as fp:
+            fp.write(header.getvalue())
+            if pixel_data:
+                for number in range(1, frames + 1):
+                    pixels = _native_frame(
+                        rows, columns, bits_allocated, bits_stored, seed, number
+                    )
+                    fp.write((pixels.byteswap() if big_endian else pixels).tobytes())
+                if value_length % 2:
+                    fp.write(b"\x00")
     return GeneratedInstance(
         path=path,
         study_uid=ds.StudyInstanceUID,
@@ -158,7 +172,19 @@ def write_tomosynthesis(
         rows=rows,
         columns=columns,
         _frame=expected,
+        reused=reused,
     )
+
+
+def _has_header(path: Path, header: bytes, size: int) -> bool:
+    """True when the file at ``path`` starts with ``header`` and is ``size`` bytes long."""
+    try:
+        if path.stat().st_size != size:
+            return False
+        with open(path, "rb") as fp:
+            return fp.read(len(header)) == header
+    except OSError:
+        return False
 
 
 def write_encapsulated(

@@ -12,15 +12,27 @@ from pathlib import Path
 
 import pytest
 
-from framecdn.embedded_s3 import EmbeddedS3
+from framecdn.embedded_s3 import Credentials, EmbeddedS3
+from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.s3 import make_client
+
+#: A second key of the session store that may list, write and delete but not read
+#: (GetObject and GetObjectTagging are denied): what maintenance does on denied reads.
+NO_READ = Credentials("FRAMECDNNOREAD", "no-read-secret-for-tests")
 
 
 @pytest.fixture(scope="session")
 def s3_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
     """A real SeaweedFS S3 server with signature checking, for the whole session."""
-    store = EmbeddedS3(tmp_path_factory.mktemp("seaweedfs"), bucket="framecdn-test")
+    no_read = {
+        "name": "no-read",
+        "credentials": [{"accessKey": NO_READ.access_key, "secretKey": NO_READ.secret_key}],
+        "actions": ["List", "Write"],
+    }
+    store = EmbeddedS3(
+        tmp_path_factory.mktemp("seaweedfs"), bucket="framecdn-test", extra_identities=[no_read]
+    )
     store.start()
     try:
         yield store
@@ -61,10 +73,15 @@ def own_bucket(s3_store: EmbeddedS3, settings: Settings) -> Settings:
 
 
 def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, s3_store: EmbeddedS3) -> int:
-    """Run a ``framecdn`` subcommand in-process, configured for the session store."""
-    from framecdn.cli import build_parser
+    """Run a ``framecdn`` subcommand in-process (through ``main``), set up for the session store."""
+    from framecdn.cli import main
 
     for name, value in s3_store.environment().items():
         monkeypatch.setenv(name, value)
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
+    return main(argv)
+
+
+@pytest.fixture
+def bucket(settings: Settings) -> Bucket:
+    """The session store's bucket, as the write side sees it."""
+    return Bucket.from_settings(settings)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from framecdn.cli.eviction import eviction_summary
+from framecdn.errors import UsageError
 from framecdn.framestore.access import access_key, encode_marker
 from framecdn.framestore.keys import KeyLayout
 from framecdn.framestore.retention import RETENTION_TAG
-from framecdn.ingest.eviction import NothingStored, delete_keys, evict
-from framecdn.ingest.pinning import pin
 from framecdn.ingest.pipeline import ingest_file
+from framecdn.maintenance.eviction import NothingStored, evict
+from framecdn.maintenance.pinning import pin
 from framecdn.synthetic import write_tomosynthesis
 from tests.conftest import list_keys, run_cli
 
@@ -49,12 +51,12 @@ def test_ingest_tags_everything_cache(s3_client, settings, stored):
     assert tags_of(s3_client, settings.bucket, keys) == {"cache"}
 
 
-def test_evict_study_removes_everything_of_it_and_nothing_else(s3_client, settings, stored):
+def test_evict_study_removes_everything_of_it_and_nothing_else(s3_client, bucket, settings, stored):
     layout = KeyLayout(settings.prefix)
     marker = access_key(layout, STUDY)
     s3_client.put_object(Bucket=settings.bucket, Key=marker, Body=encode_marker(STUDY, 1.0))
 
-    report = evict(s3_client, settings.bucket, layout, study=STUDY)
+    report = evict(bucket, layout, study=STUDY)
 
     assert report.instances == sorted([stored["a"].key, stored["b"].key], key=lambda k: k.series)
     assert report.objects == 9
@@ -66,45 +68,45 @@ def test_evict_study_removes_everything_of_it_and_nothing_else(s3_client, settin
     assert len(list_keys(s3_client, settings.bucket, layout.study_prefix(OTHER_STUDY))) == 5
 
 
-def test_evict_series_and_instance_are_narrow(s3_client, settings, stored):
+def test_evict_series_and_instance_are_narrow(s3_client, bucket, settings, stored):
     layout = KeyLayout(settings.prefix)
-    evict(s3_client, settings.bucket, layout, study=STUDY, series=SERIES_A)
+    evict(bucket, layout, study=STUDY, series=SERIES_A)
     assert list_keys(s3_client, settings.bucket, layout.series_prefix(STUDY, SERIES_A)) == []
     assert len(list_keys(s3_client, settings.bucket, layout.series_prefix(STUDY, SERIES_B))) == 4
 
     # An instance alone (no study given) is found by searching the prefix.
-    report = evict(s3_client, settings.bucket, layout, instance=stored["c"].sop_instance_uid)
+    report = evict(bucket, layout, instance=stored["c"].sop_instance_uid)
     assert report.instances == [stored["c"].key]
     assert list_keys(s3_client, settings.bucket, layout.study_prefix(OTHER_STUDY)) == []
     assert len(list_keys(s3_client, settings.bucket, layout.all_studies())) == 4
 
 
-def test_dry_run_deletes_nothing(s3_client, settings, stored):
+def test_dry_run_deletes_nothing(s3_client, bucket, settings, stored):
     layout = KeyLayout(settings.prefix)
-    report = evict(s3_client, settings.bucket, layout, study=STUDY, dry_run=True)
+    report = evict(bucket, layout, study=STUDY, dry_run=True)
     assert report.objects == 9 and report.dry_run
-    assert "would remove 2 instances of 1 studies: 9 objects" in report.summary()
+    assert "would remove 2 instances of 1 study: 9 objects" in eviction_summary(report)
     assert len(list_keys(s3_client, settings.bucket, layout.study_prefix(STUDY))) == 9
 
 
-def test_evict_of_nothing_says_so(s3_client, settings):
+def test_evict_of_nothing_says_so(s3_client, bucket, settings):
     with pytest.raises(NothingStored):
-        evict(s3_client, settings.bucket, KeyLayout(settings.prefix), study="1.2.3.4")
+        evict(bucket, KeyLayout(settings.prefix), study="1.2.3.4")
+    with pytest.raises(UsageError):
+        evict(bucket, KeyLayout(settings.prefix))
     with pytest.raises(ValueError):
-        evict(s3_client, settings.bucket, KeyLayout(settings.prefix))
-    with pytest.raises(ValueError):
-        evict(s3_client, settings.bucket, KeyLayout(settings.prefix), study="../etc")
+        evict(bucket, KeyLayout(settings.prefix), study="../etc")
 
 
-def test_delete_keys_batches_over_the_limit(s3_client, settings):
+def test_delete_keys_batches_over_the_limit(s3_client, bucket, settings):
     keys = [f"{settings.prefix}/batch/{n}" for n in range(7)]
     for key in keys:
         s3_client.put_object(Bucket=settings.bucket, Key=key, Body=b"x")
-    assert delete_keys(s3_client, settings.bucket, keys, batch_size=3) == 7
+    assert bucket.delete(keys, batch_size=3) == 7
     assert list_keys(s3_client, settings.bucket, f"{settings.prefix}/batch/") == []
 
 
-def test_pin_and_unpin_retag_a_study_keeping_other_tags(s3_client, settings, stored):
+def test_pin_and_unpin_retag_a_study_keeping_other_tags(s3_client, bucket, settings, stored):
     layout = KeyLayout(settings.prefix)
     study_keys = list_keys(s3_client, settings.bucket, layout.study_prefix(STUDY))
     some = study_keys[0]
@@ -116,7 +118,7 @@ def test_pin_and_unpin_retag_a_study_keeping_other_tags(s3_client, settings, sto
         },
     )
 
-    report = pin(s3_client, settings.bucket, layout, STUDY)
+    report = pin(bucket, layout, STUDY)
     assert (report.value, report.instances, report.objects) == ("pinned", 2, 9)
     assert tags_of(s3_client, settings.bucket, study_keys) == {"pinned"}
     other = list_keys(s3_client, settings.bucket, layout.study_prefix(OTHER_STUDY))
@@ -124,20 +126,20 @@ def test_pin_and_unpin_retag_a_study_keeping_other_tags(s3_client, settings, sto
     tagset = s3_client.get_object_tagging(Bucket=settings.bucket, Key=some)["TagSet"]
     assert {"Key": "site", "Value": "x"} in tagset
 
-    pin(s3_client, settings.bucket, layout, STUDY, unpin=True)
+    pin(bucket, layout, STUDY, unpin=True)
     assert tags_of(s3_client, settings.bucket, study_keys) == {"cache"}
 
 
-def test_pin_series_only(s3_client, settings, stored):
+def test_pin_series_only(s3_client, bucket, settings, stored):
     layout = KeyLayout(settings.prefix)
-    pin(s3_client, settings.bucket, layout, STUDY, series=SERIES_B)
+    pin(bucket, layout, STUDY, series=SERIES_B)
     series_a = list_keys(s3_client, settings.bucket, layout.series_prefix(STUDY, SERIES_A))
     series_b = list_keys(s3_client, settings.bucket, layout.series_prefix(STUDY, SERIES_B))
     assert tags_of(s3_client, settings.bucket, series_a) == {"cache"}
     assert tags_of(s3_client, settings.bucket, series_b) == {"pinned"}
 
 
-def test_cli_pin_and_evict(s3_client, settings, stored, monkeypatch, s3_store, capsys):
+def test_cli_pin_and_evict(s3_client, bucket, settings, stored, monkeypatch, s3_store, capsys):
     flags = ["--bucket", settings.bucket, "--prefix", settings.prefix]
     layout = KeyLayout(settings.prefix)
     assert run_cli(["pin", STUDY, *flags], monkeypatch, s3_store) == 0
@@ -149,6 +151,6 @@ def test_cli_pin_and_evict(s3_client, settings, stored, monkeypatch, s3_store, c
     assert len(list_keys(s3_client, settings.bucket, layout.study_prefix(OTHER_STUDY))) == 5
 
     assert run_cli(["evict", OTHER_STUDY, *flags], monkeypatch, s3_store) == 0
-    assert "removed 1 instances of 1 studies: 5 objects" in capsys.readouterr().out
+    assert "removed 1 instance of 1 study: 5 objects" in capsys.readouterr().out
     assert list_keys(s3_client, settings.bucket, layout.study_prefix(OTHER_STUDY)) == []
     assert run_cli(["evict", OTHER_STUDY, *flags], monkeypatch, s3_store) == 1

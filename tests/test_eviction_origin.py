@@ -6,11 +6,12 @@ from datetime import date
 
 from starlette.testclient import TestClient
 
+from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.keys import KeyLayout
-from framecdn.ingest import lifecycle
-from framecdn.ingest.pinning import pin
 from framecdn.ingest.pipeline import ingest_file
-from framecdn.ingest.sweeper import sweep
+from framecdn.maintenance import lifecycle
+from framecdn.maintenance.pinning import pin
+from framecdn.maintenance.sweeper import sweep
 from framecdn.origin.app import create_app
 from framecdn.synthetic import write_tomosynthesis
 from tests.conftest import list_keys
@@ -44,7 +45,7 @@ def test_origin_answers_404_after_a_real_lifecycle_pass(s3_store, s3_client, own
     bucket, layout = own_bucket.bucket, KeyLayout(own_bucket.prefix)
     evicted = ingest(tmp_path, own_bucket, "evicted")
     kept = ingest(tmp_path, own_bucket, "kept")
-    pin(s3_client, bucket, layout, kept.study_instance_uid)
+    pin(Bucket(s3_client, bucket), layout, kept.study_instance_uid)
 
     with TestClient(create_app(own_bucket), raise_server_exceptions=False) as client:
         # Warm the origin: it now holds the index of the instance about to expire.
@@ -52,7 +53,7 @@ def test_origin_answers_404_after_a_real_lifecycle_pass(s3_store, s3_client, own
         assert complete_200(client, frames_url(kept, "1"), SINGLE)
 
         past = lifecycle.Policy(days=None, date=date(2020, 1, 1))
-        lifecycle.apply(s3_client, bucket, layout, past)
+        lifecycle.apply(Bucket(s3_client, bucket), layout, past)
         s3_store.run_lifecycle_pass()
         assert list_keys(s3_client, bucket, layout.instance_prefix(evicted.key)) == []
 
@@ -77,7 +78,7 @@ def test_origin_never_serves_a_half_evicted_instance(s3_client, own_bucket, tmp_
             assert not complete_200(client, frames_url(index, frames), MULTIPART), frames
 
         # The sweeper removes the stale index (first) and the rest; then nothing is served.
-        report = sweep(s3_client, bucket, layout)
+        report = sweep(Bucket(s3_client, bucket), layout)
         assert report.repaired == [index.key]
         assert list_keys(s3_client, bucket, layout.instance_prefix(index.key)) == []
         for frames in ("1", "3"):

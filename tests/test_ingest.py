@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,9 +19,10 @@ from pydicom.encaps import generate_frames
 from framecdn.framestore.index import FrameEntry, InstanceIndex
 from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.framestore.retention import RETENTION_TAG
-from framecdn.ingest.pipeline import IngestError, Ingestor, ingest_file, ingest_paths
+from framecdn.ingest.pipeline import Ingestor, ingest_file, ingest_paths
 from framecdn.synthetic import write_encapsulated, write_tomosynthesis
 from tests.conftest import list_keys
+from tests.processes import running
 
 
 def _get(client, settings, key: str) -> bytes:
@@ -47,7 +48,8 @@ def test_native_tomosynthesis_is_stored_frame_by_frame(s3_client, settings, tmp_
         body = _get(s3_client, settings, layout.frame(key, number))
         expected = pixel_data[(number - 1) * frame_length : number * frame_length]
         assert body == expected
-        assert index.frame(number) == FrameEntry(len(expected), hashlib.sha256(expected).hexdigest())
+        digest = hashlib.sha256(expected).hexdigest()
+        assert index.frame(number) == FrameEntry(len(expected), digest)
     head = s3_client.head_object(Bucket=settings.bucket, Key=layout.frame(key, 1))
     assert head["ContentType"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
     tags = s3_client.get_object_tagging(Bucket=settings.bucket, Key=layout.frame(key, 1))
@@ -115,13 +117,13 @@ def test_reingest_is_skipped_and_force_rewrites(s3_client, settings, tmp_path) -
     assert first.count("ingested") == 1
     puts: list[str] = []
     with Ingestor(settings) as ingestor:
-        ingestor.client.meta.events.register(
+        ingestor.bucket.client.meta.events.register(
             "provide-client-params.s3.PutObject", lambda params, **_: puts.append(params["Key"])
         )
         again = ingestor.ingest(generated.path)
     assert again.status == "skipped" and puts == []
     with Ingestor(settings, force=True) as ingestor:
-        ingestor.client.meta.events.register(
+        ingestor.bucket.client.meta.events.register(
             "provide-client-params.s3.PutObject", lambda params, **_: puts.append(params["Key"])
         )
         result = ingestor.ingest(generated.path)
@@ -204,18 +206,48 @@ def test_bad_inputs_fail_alone_and_leave_nothing(s3_client, settings, tmp_path) 
     assert keys and all(f"/instances/{good.SOPInstanceUID}/" in k for k in keys)
 
 
-def test_failed_instance_frames_are_cleaned_up(s3_client, settings, tmp_path) -> None:
-    """Pixel Data that ends mid-instance: frames already uploaded are removed again."""
+class FailingFile(io.FileIO):
+    """A file whose reads fail (as a disk or network share can) from byte ``fail_at`` on."""
+
+    def __init__(self, path: Path, fail_at: int) -> None:
+        super().__init__(path, "rb")
+        self.fail_at = fail_at
+
+    def _check(self, size: int) -> None:
+        if size < 0 or self.tell() + size > self.fail_at:
+            raise OSError(5, "Input/output error (simulated)")
+
+    def read(self, size: int = -1) -> bytes:
+        self._check(size)
+        return super().read(size)
+
+    def readinto(self, buffer) -> int:
+        self._check(len(buffer))
+        return super().readinto(buffer)
+
+
+def test_an_instance_failing_after_its_first_frames_leaves_nothing(
+    s3_client, settings, tmp_path
+) -> None:
+    """The read fails at frame 5 of 6: frames 1..4 were uploaded, and must go again."""
     generated = write_tomosynthesis(tmp_path / "tomo.dcm", frames=6, rows=64, columns=64)
-    raw = generated.path.read_bytes()
-    truncated = tmp_path / "cut.dcm"
-    truncated.write_bytes(raw[: len(raw) - 2 * 64 * 64 * 2 - 100])
-    with pytest.raises(IngestError):
-        ingest_file(truncated, settings)
+    frame_length = 64 * 64 * 2
+    fail_at = generated.path.stat().st_size - 2 * frame_length + 10
+    layout = KeyLayout(settings.prefix)
+    key = InstanceKey(generated.study_uid, generated.series_uid, generated.sop_uid)
+    uploaded: list[str] = []
+    with Ingestor(settings) as ingestor, FailingFile(generated.path, fail_at) as source:
+        ingestor.bucket.client.meta.events.register(
+            "provide-client-params.s3.PutObject", lambda params, **_: uploaded.append(params["Key"])
+        )
+        result = ingestor.ingest(source, name="tomo.dcm")
+    assert result.status == "failed" and "Input/output error" in result.reason
+    assert sorted(uploaded) == sorted(layout.frame(key, n) for n in range(1, 5))  # it got far
     assert list_keys(s3_client, settings.bucket, KeyLayout(settings.prefix).prefix) == []
 
 
-def _cli(settings, *args: str, **kwargs) -> subprocess.Popen:
+def _cli(settings, *args: str):
+    """``framecdn ARGS`` in a subprocess for the test's prefix; killed if the test fails."""
     env = dict(os.environ)
     env.update(
         FRAMECDN_S3_ENDPOINT=settings.s3_endpoint,
@@ -224,24 +256,17 @@ def _cli(settings, *args: str, **kwargs) -> subprocess.Popen:
         AWS_ACCESS_KEY_ID=settings.aws_access_key_id,
         AWS_SECRET_ACCESS_KEY=settings.aws_secret_access_key,
     )
-    return subprocess.Popen(
-        [sys.executable, "-m", "framecdn", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,
-    )
+    return running([sys.executable, "-m", "framecdn", *args], env=env)
 
 
 def test_cli_reports_each_failure_and_exits_nonzero(settings, tmp_path) -> None:
     bad = _bad_inputs(tmp_path / "in")
-    process = _cli(settings, "ingest", "--no-progress", str(tmp_path / "in"))
-    out, err = process.communicate(timeout=120)
+    with _cli(settings, "ingest", "--no-progress", str(tmp_path / "in")) as process:
+        out, err = process.communicate(timeout=120)
     assert process.returncode == 1
     failures = [line for line in err.splitlines() if line.startswith("FAILED ")]
     assert len(failures) == len(bad)
-    assert "1 instances ingested" in out and f"{len(bad)} failed" in out
+    assert "1 instance ingested" in out and f"{len(bad)} failed" in out
 
 
 def _wait_for_frames(client, settings, prefix: str, count: int, timeout: float = 60) -> None:
@@ -260,18 +285,19 @@ def test_interrupted_ingest_is_invisible_and_a_rerun_completes(
     generated = write_tomosynthesis(tmp_path / "tomo.dcm", frames=40, rows=1024, columns=1024)
     layout = KeyLayout(settings.prefix)
     key = InstanceKey(generated.study_uid, generated.series_uid, generated.sop_uid)
-    process = _cli(settings, "ingest", "--no-progress", "--workers", "2", str(generated.path))
-    _wait_for_frames(s3_client, settings, layout.instance_prefix(key), 2)
-    process.send_signal(how)
-    process.communicate(timeout=60)
+    command = ("ingest", "--no-progress", "--workers", "2", str(generated.path))
+    with _cli(settings, *command) as process:
+        _wait_for_frames(s3_client, settings, layout.instance_prefix(key), 2)
+        process.send_signal(how)
+        process.communicate(timeout=60)
     assert process.returncode != 0
     keys = list_keys(s3_client, settings.bucket, layout.instance_prefix(key))
     assert layout.index(key) not in keys  # nothing visible
     if how == signal.SIGINT:
         assert keys == []  # a clean interrupt removes what it wrote
 
-    rerun = _cli(settings, "ingest", "--no-progress", str(generated.path))
-    out, err = rerun.communicate(timeout=120)
+    with _cli(settings, "ingest", "--no-progress", str(generated.path)) as rerun:
+        out, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
     index = InstanceIndex.from_json(_get(s3_client, settings, layout.index(key)))
     assert index.number_of_frames == 40

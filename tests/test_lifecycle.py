@@ -9,11 +9,13 @@ from datetime import date
 
 import pytest
 
+from framecdn.cli.lifecycle import show
+from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.keys import KeyLayout
 from framecdn.framestore.retention import RETENTION_TAG
-from framecdn.ingest import lifecycle
-from framecdn.ingest.pinning import pin
 from framecdn.ingest.pipeline import ingest_file
+from framecdn.maintenance import lifecycle
+from framecdn.maintenance.pinning import pin
 from framecdn.synthetic import write_tomosynthesis
 from tests.conftest import list_keys, run_cli
 
@@ -62,22 +64,23 @@ def test_one_prefix_rules_never_claim_a_longer_prefix():
 
 
 def test_no_configuration_reads_as_no_rules(s3_client, own_bucket):
-    assert lifecycle.get_rules(s3_client, own_bucket.bucket) == []
+    assert Bucket(s3_client, own_bucket.bucket).lifecycle_rules() == []
 
 
 def test_apply_is_idempotent_and_keeps_foreign_rules(s3_client, own_bucket):
     bucket = own_bucket.bucket
+    store = Bucket(s3_client, bucket)
     s3_client.put_bucket_lifecycle_configuration(
         Bucket=bucket, LifecycleConfiguration={"Rules": [FOREIGN]}
     )
     clinic_a, clinic_b = KeyLayout("clinic-a"), KeyLayout("clinic-b")
     policy = lifecycle.Policy(days=30, large_bytes=1 << 20, large_days=7)
 
-    assert lifecycle.apply(s3_client, bucket, clinic_a, policy).changed
-    assert not lifecycle.apply(s3_client, bucket, clinic_a, policy).changed
-    assert lifecycle.apply(s3_client, bucket, clinic_b, lifecycle.Policy(days=90)).changed
+    assert lifecycle.apply(store, clinic_a, policy).changed
+    assert not lifecycle.apply(store, clinic_a, policy).changed
+    assert lifecycle.apply(store, clinic_b, lifecycle.Policy(days=90)).changed
 
-    rules = {r["ID"]: r for r in lifecycle.get_rules(s3_client, bucket)}
+    rules = {r["ID"]: r for r in store.lifecycle_rules()}
     assert set(rules) == {
         "logs-cleanup",
         "framecdn:clinic-a/:expire",
@@ -90,8 +93,8 @@ def test_apply_is_idempotent_and_keeps_foreign_rules(s3_client, own_bucket):
     assert rules["logs-cleanup"]["Expiration"] == {"Days": 3}
 
     # A new policy replaces our rules for that prefix, and only them.
-    assert lifecycle.apply(s3_client, bucket, clinic_a, lifecycle.Policy(days=10)).changed
-    rules = {r["ID"]: r for r in lifecycle.get_rules(s3_client, bucket)}
+    assert lifecycle.apply(store, clinic_a, lifecycle.Policy(days=10)).changed
+    rules = {r["ID"]: r for r in store.lifecycle_rules()}
     assert rules["framecdn:clinic-a/:expire"]["Expiration"] == {"Days": 10}
     assert "framecdn:clinic-a/:expire-large" not in rules
     assert rules["framecdn:clinic-b/:expire"]["Expiration"] == {"Days": 90}
@@ -99,16 +102,17 @@ def test_apply_is_idempotent_and_keeps_foreign_rules(s3_client, own_bucket):
 
 def test_remove_takes_only_ours_and_is_idempotent(s3_client, own_bucket):
     bucket = own_bucket.bucket
+    store = Bucket(s3_client, bucket)
     s3_client.put_bucket_lifecycle_configuration(
         Bucket=bucket, LifecycleConfiguration={"Rules": [FOREIGN]}
     )
     layout, other = KeyLayout("clinic-a"), KeyLayout("clinic-b")
-    lifecycle.apply(s3_client, bucket, layout, lifecycle.Policy(days=30))
-    lifecycle.apply(s3_client, bucket, other, lifecycle.Policy(days=30))
+    lifecycle.apply(store, layout, lifecycle.Policy(days=30))
+    lifecycle.apply(store, other, lifecycle.Policy(days=30))
 
-    assert lifecycle.remove(s3_client, bucket, layout).changed
-    assert not lifecycle.remove(s3_client, bucket, layout).changed
-    ids = {r["ID"] for r in lifecycle.get_rules(s3_client, bucket)}
+    assert lifecycle.remove(store, layout).changed
+    assert not lifecycle.remove(store, layout).changed
+    ids = {r["ID"] for r in store.lifecycle_rules()}
     assert ids == {
         "logs-cleanup", "framecdn:clinic-b/:expire", "framecdn:clinic-b/:abort-multipart"
     }
@@ -116,21 +120,21 @@ def test_remove_takes_only_ours_and_is_idempotent(s3_client, own_bucket):
 
 def test_remove_of_the_last_rules_deletes_the_configuration(s3_client, own_bucket):
     layout = KeyLayout(own_bucket.prefix)
-    lifecycle.apply(s3_client, own_bucket.bucket, layout, lifecycle.Policy(days=5))
-    assert lifecycle.remove(s3_client, own_bucket.bucket, layout).changed
-    assert lifecycle.get_rules(s3_client, own_bucket.bucket) == []
+    store = Bucket(s3_client, own_bucket.bucket)
+    lifecycle.apply(store, layout, lifecycle.Policy(days=5))
+    assert lifecycle.remove(store, layout).changed
+    assert store.lifecycle_rules() == []
 
 
 def test_show_says_what_rules_mean(s3_client, own_bucket):
     bucket = own_bucket.bucket
+    store = Bucket(s3_client, bucket)
     s3_client.put_bucket_lifecycle_configuration(
         Bucket=bucket, LifecycleConfiguration={"Rules": [FOREIGN]}
     )
     layout = KeyLayout("clinic-a")
-    lifecycle.apply(
-        s3_client, bucket, layout, lifecycle.Policy(days=30, large_bytes=1_000_000, large_days=7)
-    )
-    text = lifecycle.show(lifecycle.get_rules(s3_client, bucket), layout)
+    lifecycle.apply(store, layout, lifecycle.Policy(days=30, large_bytes=1_000_000, large_days=7))
+    text = show(store.lifecycle_rules(), layout)
     assert "[foreign] logs-cleanup: objects under 'logs/' are deleted 3 days after" in text
     assert (
         "objects under 'clinic-a/studies/' tagged framecdn-retention=cache are deleted "
@@ -138,7 +142,7 @@ def test_show_says_what_rules_mean(s3_client, own_bucket):
     ) in text
     assert "larger than 1,000,000 bytes are deleted 7 days after" in text
     assert "unfinished multipart uploads under 'clinic-a/studies/' are aborted 1 day" in text
-    assert lifecycle.show([], layout).startswith("no lifecycle rules")
+    assert show([], layout).startswith("no lifecycle rules")
 
 
 def test_cli_apply_show_remove(s3_client, own_bucket, monkeypatch, s3_store, capsys):
@@ -151,7 +155,7 @@ def test_cli_apply_show_remove(s3_client, own_bucket, monkeypatch, s3_store, cap
     assert "deleted 14 days after they were written" in capsys.readouterr().out
     assert run_cli(["lifecycle", "apply", "--large-days", "3", *flags], monkeypatch, s3_store) == 2
     assert run_cli(["lifecycle", "remove", *flags], monkeypatch, s3_store) == 0
-    assert lifecycle.get_rules(s3_client, own_bucket.bucket) == []
+    assert Bucket(s3_client, own_bucket.bucket).lifecycle_rules() == []
 
 
 def _ingest(tmp_path, settings, name: str, **uids):
@@ -164,17 +168,17 @@ def test_lifecycle_pass_expires_cache_keeps_pinned_and_other_prefixes(
 ):
     """The real thing: a past Expiration.Date plus SeaweedFS's own pass deletes objects."""
     bucket = own_bucket.bucket
+    store = Bucket(s3_client, bucket)
     layout = KeyLayout(own_bucket.prefix)
     other_clinic = own_bucket.with_overrides(prefix=f"{own_bucket.prefix}-other")
 
     cached = _ingest(tmp_path, own_bucket, "cached")
     kept = _ingest(tmp_path, own_bucket, "kept")
     elsewhere = _ingest(tmp_path, other_clinic, "elsewhere")
-    tagging = f"{RETENTION_TAG}=cache"
-    s3_client.put_object(Bucket=bucket, Key="logs/today", Body=b"x", Tagging=tagging)
-    pin(s3_client, bucket, layout, kept.study_instance_uid)
+    store.put("logs/today", b"x", "text/plain")  # tagged cache, but outside the prefix
+    pin(store, layout, kept.study_instance_uid)
 
-    lifecycle.apply(s3_client, bucket, layout, lifecycle.Policy(days=None, date=date(2020, 1, 1)))
+    lifecycle.apply(store, layout, lifecycle.Policy(days=None, date=date(2020, 1, 1)))
     s3_store.run_lifecycle_pass()
 
     assert list_keys(s3_client, bucket, layout.instance_prefix(cached.key)) == []

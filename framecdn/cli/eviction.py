@@ -1,32 +1,22 @@
-"""``framecdn pin|evict|sweep|stats``: keeping, erasing and accounting for cached studies."""
+"""``framecdn pin|evict|sweep``: keeping and erasing cached studies, and what was done."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
 from datetime import timedelta
 
 from framecdn.cli import add_storage_flags, settings_from_args
-from framecdn.framestore.keys import InvalidUID, KeyLayout
-from framecdn.framestore.s3 import make_client
-from framecdn.ingest import stats
-from framecdn.ingest.eviction import NothingStored, evict
-from framecdn.ingest.pinning import pin
-from framecdn.ingest.sweeper import sweep
+from framecdn.cli.units import count, human_bytes, parse_size
+from framecdn.errors import UsageError
+from framecdn.framestore.bucket import Bucket
+from framecdn.framestore.keys import KeyLayout
+from framecdn.maintenance.eviction import EvictionReport, evict
+from framecdn.maintenance.pinning import pin
+from framecdn.maintenance.sweeper import SweepReport, sweep
 
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``500G``, ``1.5TB``, ``200MiB`` or plain bytes. K/M/G/T are powers of 1000, Ki.. of 1024."""
-    match = _SIZE.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 500G or 1.5TB)")
-    number, unit, binary = match.groups()
-    base = 1024 if binary else 1000
-    return int(float(number) * base ** " KMGT".index(unit.upper() or " "))
+#: At most this many skipped studies are named one by one.
+SKIPPED_SHOWN = 5
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cache with --unpin). Pinned objects are never expired nor swept.",
     )
     pin_parser.add_argument("study", help="StudyInstanceUID")
-    pin_parser.add_argument("--series", help="only this SeriesInstanceUID")
+    pin_parser.add_argument("--series", help="only this SeriesInstanceUID (default: all)")
     pin_parser.add_argument("--unpin", action="store_true", help="make it expirable again")
     pin_parser.set_defaults(handler=run_pin)
 
@@ -58,9 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evict least recently read studies until under a budget (run on a schedule)",
         description="Clean half-evicted instances, evict the least recently accessed studies "
         "until usage is at most --max-bytes (pinned studies stay), drop stale access markers, "
-        "and optionally refresh the expiry of studies that are still being read.",
+        "and optionally refresh the expiry of studies that are still being read. Exits 1 "
+        "when still over budget or when a study had to be skipped.",
     )
-    sweep_parser.add_argument("--max-bytes", type=parse_size, help="budget, e.g. 500G or 2TB")
+    sweep_parser.add_argument(
+        "--max-bytes", type=parse_size, metavar="SIZE", help="budget, e.g. 500G, 2TB or 1.5TiB"
+    )
     sweep_parser.add_argument(
         "--refresh-after",
         type=float,
@@ -74,97 +67,103 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep_parser.add_argument("--dry-run", action="store_true", help="plan only, delete nothing")
     sweep_parser.set_defaults(handler=run_sweep)
 
-    stats_parser = subparsers.add_parser(
-        "stats",
-        help="objects, bytes, oldest/newest study, what expires soon, pinned bytes",
-    )
-    stats_parser.add_argument(
-        "--all-prefixes", action="store_true", help="every framecdn prefix in the bucket"
-    )
-    stats_parser.add_argument("--json", action="store_true", help="machine-readable output")
-    stats_parser.set_defaults(handler=run_stats)
-
-    for parser in (pin_parser, evict_parser, sweep_parser, stats_parser):
+    for parser in (pin_parser, evict_parser, sweep_parser):
         add_storage_flags(parser)
 
 
-def _context(args: argparse.Namespace):
-    settings = settings_from_args(args)
-    return settings, make_client(settings), KeyLayout(settings.prefix)
-
-
 def run_pin(args: argparse.Namespace) -> int:
-    settings, client, layout = _context(args)
-    try:
-        report = pin(
-            client,
-            settings.bucket,
-            layout,
-            args.study,
-            series=args.series,
-            unpin=args.unpin,
-            workers=settings.ingest_workers,
-        )
-    except (NothingStored, InvalidUID) as exc:
-        print(f"framecdn pin: {exc}", file=sys.stderr)
-        return 1
+    settings = settings_from_args(args)
+    report = pin(
+        Bucket.from_settings(settings),
+        KeyLayout(settings.prefix),
+        args.study,
+        series=args.series,
+        unpin=args.unpin,
+        workers=settings.ingest_workers,
+    )
     print(
-        f"tagged {report.objects} objects of {report.instances} instances "
-        f"({stats.human_bytes(report.bytes)}) framecdn-retention={report.value}"
+        f"tagged {count(report.objects, 'object')} of {count(report.instances, 'instance')} "
+        f"({human_bytes(report.bytes)}) framecdn-retention={report.value}"
     )
     return 0
 
 
 def run_evict(args: argparse.Namespace) -> int:
-    settings, client, layout = _context(args)
-    try:
-        report = evict(
-            client,
-            settings.bucket,
-            layout,
-            study=args.study,
-            series=args.series,
-            instance=args.instance,
-            dry_run=args.dry_run,
-        )
-    except (NothingStored, InvalidUID, ValueError) as exc:
-        print(f"framecdn evict: {exc}", file=sys.stderr)
-        return 1
+    if args.study is None and args.series is None and args.instance is None:
+        raise UsageError("name a study, a series (--series) or an instance (--instance)")
+    settings = settings_from_args(args)
+    layout = KeyLayout(settings.prefix)
+    report = evict(
+        Bucket.from_settings(settings),
+        layout,
+        study=args.study,
+        series=args.series,
+        instance=args.instance,
+        dry_run=args.dry_run,
+    )
     for key in report.instances:
         print(f"{'would remove' if args.dry_run else 'removed'} {layout.instance_prefix(key)}")
-    print(report.summary())
+    print(eviction_summary(report))
     return 0
 
 
+def eviction_summary(report: EvictionReport) -> str:
+    verb = "would remove" if report.dry_run else "removed"
+    return (
+        f"{verb} {count(len(report.instances), 'instance')} of "
+        f"{count(report.studies, 'study', 'studies')}: {count(report.objects, 'object')}, "
+        f"{count(report.bytes, 'byte')}"
+    )
+
+
 def run_sweep(args: argparse.Namespace) -> int:
-    settings, client, layout = _context(args)
     if args.max_bytes is None and args.refresh_after is None:
-        print("framecdn sweep: give --max-bytes and/or --refresh-after", file=sys.stderr)
-        return 2
+        raise UsageError("give --max-bytes and/or --refresh-after")
+    settings = settings_from_args(args)
     report = sweep(
-        client,
-        settings.bucket,
-        layout,
+        Bucket.from_settings(settings),
+        KeyLayout(settings.prefix),
         max_bytes=args.max_bytes,
         refresh_after=None if args.refresh_after is None else timedelta(days=args.refresh_after),
         force_refresh=args.force_refresh,
         dry_run=args.dry_run,
         workers=settings.ingest_workers,
     )
-    print(report.summary())
-    return 1 if report.over_budget else 0
+    print(sweep_summary(report))
+    for line in unreadable_lines(report.skipped, then="skipped, nothing of it was deleted"):
+        print(f"framecdn sweep: {line}", file=sys.stderr)
+    return 0 if report.ok else 1
 
 
-def run_stats(args: argparse.Namespace) -> int:
-    settings, client, layout = _context(args)
-    found = stats.collect(
-        client,
-        settings.bucket,
-        None if args.all_prefixes else layout,
-        workers=settings.ingest_workers,
-    )
-    if args.json:
-        print(json.dumps([s.as_dict() for s in found], indent=2))
-    else:
-        print("\n".join(stats.render(s) for s in found) or "no framecdn objects in this bucket")
-    return 0
+def sweep_summary(report: SweepReport) -> str:
+    verb = "would evict" if report.dry_run else "evicted"
+    studies = count(len(report.evicted), "study", "studies")
+    lines = [
+        f"usage {report.usage_before} -> {report.usage_after} bytes"
+        + (f" (budget {report.max_bytes})" if report.max_bytes is not None else ""),
+        f"{verb} {studies} (least recently used first): "
+        + (", ".join(c.study for c in report.evicted) or "none"),
+        f"half-evicted instances cleaned: {len(report.repaired)}; "
+        f"orphans: {len(report.orphans)}; stale access markers: {len(report.markers_removed)}",
+    ]
+    if report.refreshed or report.refresh_note:
+        refreshed = count(len(report.refreshed), "study", "studies")
+        lines.append(f"refreshed {refreshed}. {report.refresh_note}".strip())
+    if report.over_budget:
+        lines.append(
+            f"still over budget: {report.kept_bytes} bytes may not be evicted "
+            f"({report.pinned_bytes} pinned)"
+        )
+    return "\n".join(lines)
+
+
+def unreadable_lines(unreadable: dict[str, str], *, then: str) -> list[str]:
+    """One line per study whose retention tag could not be read (the first few)."""
+    lines = [
+        f"study {study}: its retention tag could not be read ({reason}); {then}"
+        for study, reason in list(unreadable.items())[:SKIPPED_SHOWN]
+    ]
+    if len(unreadable) > SKIPPED_SHOWN:
+        more = count(len(unreadable) - SKIPPED_SHOWN, "more study", "more studies")
+        lines.append(f"... and {more}")
+    return lines

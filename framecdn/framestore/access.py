@@ -15,18 +15,19 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-from framecdn.framestore.keys import KeyLayout, is_valid_uid, validate_uid
+from framecdn.framestore.keys import KeyLayout
+
+if TYPE_CHECKING:
+    from framecdn.framestore.bucket import Bucket
 
 ACCESS_FLUSH_SECONDS = 3600
 
 
-def access_prefix(layout: KeyLayout) -> str:
-    return f"{layout.prefix}access/studies/"
-
-
 def access_key(layout: KeyLayout, study: str) -> str:
-    return f"{access_prefix(layout)}{validate_uid(study, what='StudyInstanceUID')}"
+    """The marker key of a study (built by :meth:`KeyLayout.access_marker`)."""
+    return layout.access_marker(study)
 
 
 def encode_marker(study: str, last_access: float) -> bytes:
@@ -74,32 +75,24 @@ class AccessRecorder:
 # Reading side (the sweeper) ------------------------------------------------
 
 
-def study_from_marker_key(layout: KeyLayout, key: str) -> str | None:
-    """The study a marker key belongs to, or None for any other key."""
-    prefix = access_prefix(layout)
-    if not key.startswith(prefix):
-        return None
-    study = key[len(prefix) :]
-    return study if is_valid_uid(study) else None
-
-
-def list_marker_keys(client, bucket: str, layout: KeyLayout) -> dict[str, str]:
+def list_marker_keys(bucket: Bucket, layout: KeyLayout) -> dict[str, str]:
     """Study UID -> marker key, for every marker under the prefix (one LIST per 1000)."""
     found: dict[str, str] = {}
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=access_prefix(layout)):
-        for obj in page.get("Contents", []):
-            study = study_from_marker_key(layout, obj["Key"])
-            if study is not None:
-                found[study] = obj["Key"]
+    for obj in bucket.list(layout.access_prefix()):
+        study = layout.parse_access_marker(obj.key)
+        if study is not None:
+            found[study] = obj.key
     return found
 
 
-def read_marker(client, bucket: str, key: str) -> float | None:
-    """The last-access time stored in one marker, or None if it vanished or is unreadable."""
-    try:
-        raw = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except client.exceptions.NoSuchKey:
+def read_marker(bucket: Bucket, key: str) -> float | None:
+    """The last-access time in one marker; None if it is gone or holds no time.
+
+    A marker the store fails to give (denied, timed out) raises: a ranking built
+    without it could evict a study that is being read.
+    """
+    raw = bucket.get_or_none(key)
+    if raw is None:
         return None
     try:
         return decode_marker(raw)[1]
@@ -107,15 +100,13 @@ def read_marker(client, bucket: str, key: str) -> float | None:
         return None
 
 
-def read_last_access(
-    client, bucket: str, layout: KeyLayout, *, workers: int = 8
-) -> dict[str, float]:
+def read_last_access(bucket: Bucket, layout: KeyLayout, *, workers: int = 8) -> dict[str, float]:
     """Study UID -> last access (unix seconds), from every marker under the prefix."""
-    keys = list_marker_keys(client, bucket, layout)
+    keys = list_marker_keys(bucket, layout)
     if not keys:
         return {}
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
-        values = pool.map(lambda key: read_marker(client, bucket, key), keys.values())
+        values = pool.map(lambda key: read_marker(bucket, key), keys.values())
         return {
             study: seen for study, seen in zip(keys, values, strict=True) if seen is not None
         }

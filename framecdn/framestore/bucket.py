@@ -17,6 +17,7 @@ share the key layout and the error root.
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,12 +30,13 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
     NoCredentialsError,
+    PartialCredentialsError,
     ReadTimeoutError,
 )
 
 from framecdn.errors import ObjectMissing, StoreError
 from framecdn.framestore.config import Settings
-from framecdn.framestore.retention import CACHE, RETENTION_TAG
+from framecdn.framestore.retention import CACHE, RETENTION_TAG, tagging
 
 T = TypeVar("T")
 
@@ -95,7 +97,7 @@ class Bucket:
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "?"))
-            message = str(error.get("Message", "")).strip()
+            message = " ".join(str(error.get("Message", "")).split())
             if code == "NoSuchBucket" or (key is None and code in _MISSING_CODES):
                 return StoreError(f"bucket {self.name!r} does not exist at {self.endpoint}")
             if code in _CREDENTIAL_CODES:
@@ -106,13 +108,15 @@ class Bucket:
                 )
             detail = f"{code}: {message}" if message else code
             return StoreError(f"S3 at {self.endpoint} failed {what}: {detail}")
-        if isinstance(exc, NoCredentialsError):
-            return StoreError("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return StoreError(
+                f"no S3 credentials for {what}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
         if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
             return StoreError(f"cannot reach S3 at {self.endpoint} ({what})")
         if isinstance(exc, ReadTimeoutError):
             return StoreError(f"S3 at {self.endpoint} did not answer in time ({what})")
-        return StoreError(f"S3 at {self.endpoint} failed {what}: {exc}")
+        return StoreError(f"S3 at {self.endpoint} failed {what}: {' '.join(str(exc).split())}")
 
     def _call(self, what: str, action: Callable[[], T], key: str | None = None) -> T:
         try:
@@ -159,10 +163,18 @@ class Bucket:
             return None
 
     def head(self, key: str) -> dict[str, Any]:
-        """HeadObject's answer; ObjectMissing if there is no such key."""
-        return self._call(
-            f"HEAD {key}", lambda: self.client.head_object(Bucket=self.name, Key=key), key
-        )
+        """HeadObject's answer; ObjectMissing if there is no such key.
+
+        A HEAD answer has no body, so a missing bucket also reads as a bare 404: that
+        case is told apart by asking for the bucket before answering "missing".
+        """
+        try:
+            return self._call(
+                f"HEAD {key}", lambda: self.client.head_object(Bucket=self.name, Key=key), key
+            )
+        except ObjectMissing:
+            self.check()
+            raise
 
     def put(
         self,
@@ -187,18 +199,18 @@ class Bucket:
             "ChecksumSHA256": base64.b64encode(digest).decode(),
         }
         if retention is not None:
-            arguments["Tagging"] = f"{RETENTION_TAG}={retention}"
+            arguments["Tagging"] = tagging(retention)
         self._call(f"PUT {key}", lambda: self.client.put_object(**arguments))
         return digest.hex()
 
     def delete(self, keys: Sequence[str], *, batch_size: int = DELETE_BATCH) -> int:
         """Delete ``keys`` in batches (a missing key is not an error); raise if any is refused."""
-        refused: list[str] = []
+        refused: builtins.list[str] = []
         for start in range(0, len(keys), batch_size):
             batch = keys[start : start + batch_size]
             request = {"Objects": [{"Key": key} for key in batch], "Quiet": True}
             answer = self._call(
-                f"DELETE {len(batch)} objects",
+                f"batched DELETE ({len(batch)} of {len(keys)} keys)",
                 lambda request=request: self.client.delete_objects(  # type: ignore[misc]
                     Bucket=self.name, Delete=request
                 ),
@@ -206,9 +218,33 @@ class Bucket:
             refused += [f"{e.get('Key')}: {e.get('Code')}" for e in answer.get("Errors", [])]
         if refused:
             raise DeleteRefused(
-                f"{len(refused)} objects were not deleted: " + "; ".join(refused[:5])
+                f"{len(refused)} of {len(keys)} objects were not deleted: "
+                + "; ".join(refused[:5])
             )
         return len(keys)
+
+    def copy_in_place(self, key: str) -> None:
+        """Copy an object onto itself: a new write (new Last-Modified), same bytes and tags.
+
+        Content-Type, Cache-Control and user metadata are kept (REPLACE with the same
+        values, since S3 refuses a self-copy that changes nothing).
+        """
+        head = self.head(key)
+        extra = {"CacheControl": head["CacheControl"]} if head.get("CacheControl") else {}
+        self._call(
+            f"COPY {key} onto itself",
+            lambda: self.client.copy_object(
+                Bucket=self.name,
+                Key=key,
+                CopySource={"Bucket": self.name, "Key": key},
+                MetadataDirective="REPLACE",
+                TaggingDirective="COPY",
+                ContentType=head.get("ContentType", "application/octet-stream"),
+                Metadata=head.get("Metadata", {}),
+                **extra,
+            ),
+            key,
+        )
 
     # Tags ----------------------------------------------------------------------
     def tags(self, key: str) -> dict[str, str]:
@@ -241,12 +277,17 @@ class Bucket:
         self.set_tags(key, tags)
 
     # Lifecycle configuration ----------------------------------------------------
-    def lifecycle_rules(self) -> list[dict[str, Any]]:
-        """The bucket's lifecycle rules ([] when it has none)."""
+    def lifecycle_rules(self) -> builtins.list[dict[str, Any]]:
+        """The bucket's lifecycle rules ([] when it has none).
+
+        Some stores (SeaweedFS) answer "no configuration" for a bucket that does not
+        exist either; the bucket is checked before "none" is believed.
+        """
         try:
             answer = self.client.get_bucket_lifecycle_configuration(Bucket=self.name)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
+                self.check()
                 return []
             raise self._error(exc, "GET lifecycle rules") from exc
         except BotoCoreError as exc:

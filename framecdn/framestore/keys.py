@@ -5,21 +5,30 @@
     {prefix}studies/{S}/series/{Se}/instances/{I}/frames/{n}   raw frame n (1-based)
     {prefix}studies/{S}/series/{Se}/instances/{I}/metadata     DICOM JSON of the instance
     {prefix}studies/{S}/series/{Se}/instances/{I}/index.json   written last: the commit marker
+    {prefix}access/studies/{S}                                  the study's last-access marker
 
-Nothing else in framecdn builds keys by hand.
+Nothing else in framecdn builds or parses keys by hand.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
+
+from framecdn.errors import ConfigError, UsageError
 
 _LENIENT_UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9._\-/]*$")
 
 
-class InvalidUID(ValueError):
+class InvalidUID(UsageError, ValueError):
     """A UID that must not become part of an object key."""
+
+
+class InvalidPrefix(ConfigError, ValueError):
+    """A key prefix framecdn refuses (it could reach outside its own tree)."""
+
 
 
 def validate_uid(uid: str, *, what: str = "UID") -> str:
@@ -51,7 +60,7 @@ def normalize_prefix(prefix: str | None) -> str:
     """A key prefix is empty or ends with exactly one ``/`` (``clinic-a`` -> ``clinic-a/``)."""
     prefix = (prefix or "").strip("/")
     if not _PREFIX_PATTERN.match(prefix) or ".." in prefix.split("/"):
-        raise ValueError(f"prefix {prefix!r} may hold only letters, digits, '.', '_', '-', '/'")
+        raise InvalidPrefix(f"prefix {prefix!r} may hold only letters, digits, '.', '_', '-', '/'")
     return f"{prefix}/" if prefix else ""
 
 
@@ -102,20 +111,64 @@ class KeyLayout:
     def all_studies(self) -> str:
         return f"{self.prefix}studies/"
 
+    def access_prefix(self) -> str:
+        """Where the origin leaves one last-access marker per study."""
+        return f"{self.prefix}access/studies/"
+
+    def access_marker(self, study: str) -> str:
+        return f"{self.access_prefix()}{validate_uid(study, what='StudyInstanceUID')}"
+
+    def parse_access_marker(self, object_key: str) -> str | None:
+        """The study a marker key belongs to, or None for any other key."""
+        if not object_key.startswith(self.access_prefix()):
+            return None
+        study = object_key[len(self.access_prefix()) :]
+        return study if is_valid_uid(study) else None
+
     def parse_index_key(self, object_key: str) -> InstanceKey | None:
-        """The instance an ``index.json`` key belongs to, or None for any other key."""
-        if not object_key.startswith(self.prefix):
+        """The instance an ``index.json`` key under this prefix belongs to, or None."""
+        parsed = parse_object_key(object_key)
+        if parsed is None or parsed.prefix != self.prefix or parsed.part != "index":
             return None
-        parts = object_key[len(self.prefix) :].split("/")
-        if (
-            len(parts) != 7
-            or parts[0] != "studies"
-            or parts[2] != "series"
-            or parts[4] != "instances"
-            or parts[6] != "index.json"
-        ):
-            return None
-        try:
-            return InstanceKey(parts[1], parts[3], parts[5])
-        except InvalidUID:
-            return None
+        return parsed.instance
+
+
+Part = Literal["frame", "metadata", "index"]
+_OBJECT_KEY = re.compile(
+    r"^(?P<prefix>(?:[^/]+/)*?)studies/(?P<study>[0-9.]+)/series/(?P<series>[0-9.]+)"
+    r"/instances/(?P<instance>[0-9.]+)/"
+    r"(?:frames/(?P<frame>[1-9][0-9]*)|(?P<part>metadata|index\.json))$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedKey:
+    """What a listed object key is: whose instance, under which prefix, and which part."""
+
+    prefix: str
+    instance: InstanceKey
+    part: Part
+    frame: int | None = None
+
+
+def parse_object_key(object_key: str) -> ParsedKey | None:
+    """Read a key of an instance's object back, under any prefix; None for any other key."""
+    match = _OBJECT_KEY.match(object_key)
+    if match is None:
+        return None
+    try:
+        instance = InstanceKey(match["study"], match["series"], match["instance"])
+        prefix = normalize_prefix(match["prefix"])
+    except ValueError:
+        return None
+    if prefix != match["prefix"]:
+        return None
+    if match["frame"] is not None:
+        return ParsedKey(prefix, instance, "frame", int(match["frame"]))
+    return ParsedKey(prefix, instance, "metadata" if match["part"] == "metadata" else "index")
+
+
+def is_index_key(object_key: str) -> bool:
+    """True for an instance's ``index.json`` (the commit marker), under any prefix."""
+    parsed = parse_object_key(object_key)
+    return parsed is not None and parsed.part == "index"

@@ -9,7 +9,6 @@ in memory, so memory does not grow with instance size.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import os
@@ -23,18 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from framecdn.errors import FramecdnError, StoreError
+from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import FrameEntry, InstanceIndex, InvalidIndex, SourceInfo
 from framecdn.framestore.keys import InstanceKey, InvalidUID, KeyLayout
-from framecdn.framestore.retention import tagging
-from framecdn.framestore.s3 import make_client
 from framecdn.framestore.transfer_syntax import content_type
 from framecdn.ingest import metadata
-from framecdn.ingest.eviction import EvictionError, delete_keys
 from framecdn.ingest.splitter import InvalidInstance, SplitInstance, open_instance
-from framecdn.ingest.stats import list_objects
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +72,8 @@ class IngestReport:
     def ok(self) -> bool:
         return self.count("failed") == 0
 
-    def summary(self) -> str:
-        rate = self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
-        return (
-            f"{self.count('ingested')} instances ingested, {self.count('skipped')} unchanged, "
-            f"{self.count('failed')} failed; {self.frames} frames, {self.bytes / 1e6:.1f} MB "
-            f"in {self.seconds:.1f} s ({rate:.1f} MB/s)"
-        )
 
-
-class IngestError(Exception):
+class IngestError(FramecdnError):
     """An instance could not be stored (the message is one line, for the user)."""
 
 
@@ -135,13 +122,19 @@ class ByteBudget:
 
 
 class Ingestor:
-    """Stores instances in one bucket and prefix. Thread-safe; make one per run."""
+    """Stores instances in one bucket and prefix. Thread-safe; make one per run.
 
-    def __init__(self, settings: Settings, client=None, *, force: bool = False) -> None:
+    ``bucket`` defaults to the one ``settings`` name, with a connection pool sized
+    for the upload workers.
+    """
+
+    def __init__(
+        self, settings: Settings, bucket: Bucket | None = None, *, force: bool = False
+    ) -> None:
         self.settings = settings
         self.layout = KeyLayout(settings.prefix)
         self.force = force
-        self.client = client or make_client(
+        self.bucket = bucket or Bucket.from_settings(
             settings, max_connections=settings.ingest_workers + 4
         )
         self._uploads = ThreadPoolExecutor(
@@ -177,10 +170,8 @@ class Ingestor:
         started = time.monotonic()
         try:
             index, skipped = self._ingest(source, label, on_frame)
-        except (InvalidInstance, InvalidUID, IngestError) as exc:
+        except (InvalidInstance, InvalidUID, FramecdnError) as exc:
             return IngestResult(label, "failed", reason=str(exc), seconds=_since(started))
-        except (ClientError, BotoCoreError) as exc:
-            return IngestResult(label, "failed", reason=f"S3: {exc}", seconds=_since(started))
         except OSError as exc:
             return IngestResult(label, "failed", reason=f"{exc}", seconds=_since(started))
         except Exception as exc:  # a reader bug must not stop a directory run
@@ -219,7 +210,7 @@ class Ingestor:
                     return stored, True
             if stored is not None:
                 log.warning("%s: replacing stored instance %s", label, key.instance)
-                self.client.delete_object(Bucket=self.settings.bucket, Key=self.layout.index(key))
+                self.bucket.delete([self.layout.index(key)])
             source_info = SourceInfo(
                 name=path.name if path is not None else label,
                 size=size,
@@ -319,29 +310,19 @@ class Ingestor:
         return entries
 
     def _put(self, object_key: str, body: bytes, media_type: str) -> FrameEntry:
-        digest = hashlib.sha256(body).digest()
-        self.client.put_object(
-            Bucket=self.settings.bucket,
-            Key=object_key,
-            Body=body,
-            ContentType=media_type,
-            ChecksumSHA256=base64.b64encode(digest).decode(),
-            Tagging=tagging(),
-        )
-        return FrameEntry(len(body), digest.hex())
+        """Write one object, tagged ``cache``, with a SHA-256 the store verifies."""
+        return FrameEntry(len(body), self.bucket.put(object_key, body, media_type))
 
     def stored_index(self, key: InstanceKey) -> InstanceIndex | None:
-        """The committed index of an instance, or None when it is absent or unreadable."""
+        """The committed index of an instance; None when there is none or it is not valid.
+
+        A failing read raises StoreError: only "no such key" means not stored.
+        """
+        raw = self.bucket.get_or_none(self.layout.index(key))
+        if raw is None:
+            return None
         try:
-            response = self.client.get_object(
-                Bucket=self.settings.bucket, Key=self.layout.index(key)
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise
-        try:
-            return InstanceIndex.from_json(response["Body"].read())
+            return InstanceIndex.from_json(raw)
         except InvalidIndex:
             return None
 
@@ -349,12 +330,15 @@ class Ingestor:
         """Remove every object of a failed instance (index first, though it was never written)."""
         index = self.layout.index(key)
         try:
-            listed = list_objects(self.client, self.settings.bucket, self.layout.instance_prefix(key))
+            listed = self.bucket.list(self.layout.instance_prefix(key))
             others = [obj.key for obj in listed if obj.key != index]
-            delete_keys(self.client, self.settings.bucket, [index, *others])
-        except (ClientError, BotoCoreError, EvictionError) as exc:
-            log.error("could not clean up %s (no index was written, so it stays invisible): %s",
-                      self.layout.instance_prefix(key), exc)
+            self.bucket.delete([index, *others])
+        except StoreError as exc:
+            log.error(
+                "could not clean up %s (no index was written, so it stays invisible): %s",
+                self.layout.instance_prefix(key),
+                exc,
+            )
 
 
 def _wait_all(futures: Iterable[Future]) -> None:
@@ -447,6 +431,7 @@ def ingest_paths(
 
     with Ingestor(settings, force=force) as ingestor, ThreadPoolExecutor(file_workers) as files:
         try:
+            ingestor.bucket.check()  # a wrong bucket or secret: one error, not one per file
             for result in files.map(one_or_cancelled, sources):
                 if result is None:
                     continue

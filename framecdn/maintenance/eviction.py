@@ -4,42 +4,22 @@ Used for a patient's erasure request, by the sweeper, and by tests. Each
 instance's ``index.json`` goes in a first batch, so the origin counts the instance
 as absent from that moment (an origin still holding the index in memory finds
 frames missing and drops it); frames and metadata follow in batches of at most
-1000 keys, the DeleteObjects limit.
+1000 keys, the DeleteObjects limit (:meth:`Bucket.delete`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from framecdn.framestore.access import access_key
-from framecdn.framestore.keys import InstanceKey, KeyLayout, validate_uid
-from framecdn.ingest.stats import StoredObject, group_by_prefix, list_objects
-
-DELETE_BATCH = 1000
-
-
-class EvictionError(RuntimeError):
-    """The store refused to delete some keys."""
+from framecdn.errors import FramecdnError, UsageError
+from framecdn.framestore.bucket import Bucket, StoredObject
+from framecdn.framestore.keys import InstanceKey, KeyLayout, is_index_key, validate_uid
+from framecdn.maintenance.inventory import group_by_prefix
 
 
-class NothingStored(LookupError):
+class NothingStored(FramecdnError):
     """No stored object matches the study, series or instance asked for."""
-
-
-def delete_keys(client, bucket: str, keys: Sequence[str], *, batch_size: int = DELETE_BATCH) -> int:
-    """Delete ``keys`` with batched DeleteObjects; raise if any key was refused."""
-    failed: list[str] = []
-    for start in range(0, len(keys), batch_size):
-        batch = keys[start : start + batch_size]
-        answer = client.delete_objects(
-            Bucket=bucket,
-            Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
-        )
-        failed += [f"{e.get('Key')}: {e.get('Code')}" for e in answer.get("Errors", [])]
-    if failed:
-        raise EvictionError(f"{len(failed)} objects were not deleted: " + "; ".join(failed[:5]))
-    return len(keys)
 
 
 @dataclass(slots=True)
@@ -52,13 +32,9 @@ class EvictionReport:
     markers: list[str] = field(default_factory=list)
     dry_run: bool = False
 
-    def summary(self) -> str:
-        verb = "would remove" if self.dry_run else "removed"
-        studies = sorted({key.study for key in self.instances})
-        return (
-            f"{verb} {len(self.instances)} instances of {len(studies)} studies: "
-            f"{self.objects} objects, {self.bytes} bytes"
-        )
+    @property
+    def studies(self) -> int:
+        return len({key.study for key in self.instances})
 
 
 def _search_prefix(layout: KeyLayout, study: str | None, series: str | None) -> str:
@@ -78,8 +54,7 @@ def _wanted(key: InstanceKey, study: str | None, series: str | None, instance: s
 
 
 def find_objects(
-    client,
-    bucket: str,
+    bucket: Bucket,
     layout: KeyLayout,
     *,
     study: str | None = None,
@@ -92,8 +67,8 @@ def find_objects(
         if uid is not None:
             validate_uid(uid, what=what)
     if study is None and series is None and instance is None:
-        raise ValueError("name a study, a series or an instance")
-    listed = list_objects(client, bucket, _search_prefix(layout, study, series))
+        raise UsageError("name a study, a series (--series) or an instance (--instance)")
+    listed = bucket.list(_search_prefix(layout, study, series))
     inventory = group_by_prefix(listed).get(layout.prefix)
     if inventory is None:
         return {}
@@ -105,7 +80,7 @@ def find_objects(
 
 
 def evict_objects(
-    client, bucket: str, found: dict[InstanceKey, list[StoredObject]], *, dry_run: bool = False
+    bucket: Bucket, found: dict[InstanceKey, list[StoredObject]], *, dry_run: bool = False
 ) -> EvictionReport:
     """Delete the given instances' objects: every index first, then everything else."""
     objects = [obj for group in found.values() for obj in group]
@@ -117,15 +92,14 @@ def evict_objects(
     )
     if dry_run:
         return report
-    indexes = [obj.key for obj in objects if obj.key.endswith("/index.json")]
-    delete_keys(client, bucket, indexes)
-    delete_keys(client, bucket, [obj.key for obj in objects if not obj.key.endswith("/index.json")])
+    indexes = [obj.key for obj in objects if is_index_key(obj.key)]
+    bucket.delete(indexes)
+    bucket.delete([obj.key for obj in objects if not is_index_key(obj.key)])
     return report
 
 
 def evict(
-    client,
-    bucket: str,
+    bucket: Bucket,
     layout: KeyLayout,
     *,
     study: str | None = None,
@@ -134,22 +108,23 @@ def evict(
     dry_run: bool = False,
 ) -> EvictionReport:
     """Erase a study, a series or an instance now. Raises NothingStored if nothing matches."""
-    found = find_objects(client, bucket, layout, study=study, series=series, instance=instance)
+    found = find_objects(bucket, layout, study=study, series=series, instance=instance)
     if not found:
         raise NothingStored("nothing stored matches " + _describe(study, series, instance))
-    report = evict_objects(client, bucket, found, dry_run=dry_run)
+    report = evict_objects(bucket, found, dry_run=dry_run)
     if series is None and instance is None:
         # A whole study is gone: its last-access marker is meaningless now.
-        report.markers = _drop_markers(client, bucket, layout, {k.study for k in found}, dry_run)
+        report.markers = drop_markers(bucket, layout, {k.study for k in found}, dry_run=dry_run)
     return report
 
 
-def _drop_markers(
-    client, bucket: str, layout: KeyLayout, studies: Iterable[str], dry_run: bool
+def drop_markers(
+    bucket: Bucket, layout: KeyLayout, studies: Iterable[str], *, dry_run: bool = False
 ) -> list[str]:
-    keys = [access_key(layout, study) for study in sorted(studies)]
+    """Delete the last-access markers of these studies (a missing one is no error)."""
+    keys = [layout.access_marker(study) for study in sorted(studies)]
     if not dry_run and keys:
-        delete_keys(client, bucket, keys)  # deleting a missing key is not an error in S3
+        bucket.delete(keys)
     return keys
 
 

@@ -9,8 +9,10 @@ hour, see ``framestore.access``); the sweeper, run on a schedule, reads them and
    that died; a running ingest is younger than the grace);
 2. evicts whole studies, least recently used first, until the prefix's usage is at
    most ``max_bytes``. A study's recency is the later of its last access and its
-   last ingest, so a never-read study ranks by when it was written. Pinned
-   studies are never evicted;
+   last ingest, so a never-read study ranks by when it was written. Only studies
+   whose every instance is known to be tagged ``cache`` are evicted: pinned ones
+   stay, and so does any study whose tags could not be read (it is *skipped*, and
+   the report says why);
 3. drops markers of studies that are no longer stored;
 4. optionally refreshes the expiry clock of studies read since they were written,
    by copying each object onto itself, where the store makes that safe.
@@ -24,10 +26,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from framecdn.framestore.access import list_marker_keys, read_last_access
+from framecdn.framestore.bucket import Bucket, StoredObject
 from framecdn.framestore.keys import InstanceKey, KeyLayout
-from framecdn.framestore.retention import CACHE
-from framecdn.ingest.eviction import delete_keys, evict_objects
-from framecdn.ingest.stats import PrefixInventory, StudyInventory, take_inventory
+from framecdn.maintenance.eviction import evict_objects
+from framecdn.maintenance.inventory import PrefixInventory, StudyInventory, take_inventory
 
 ORPHAN_GRACE = timedelta(days=1)
 
@@ -48,6 +50,7 @@ class Candidate:
     recency: float  # unix seconds: later of last access and last ingest
     last_access: float | None
     pinned: bool
+    evictable: bool = True  # every instance known to be tagged cache
 
 
 @dataclass(slots=True)
@@ -62,99 +65,67 @@ class SweepReport:
     refreshed: list[str] = field(default_factory=list)
     refresh_note: str = ""
     pinned_bytes: int = 0
+    kept_bytes: int = 0  # bytes a sweep may not evict: pinned, untagged or unreadable
+    skipped: dict[str, str] = field(default_factory=dict)  # study -> why it was not touched
     dry_run: bool = False
 
     @property
     def over_budget(self) -> bool:
         return self.max_bytes is not None and self.usage_after > self.max_bytes
 
-    def summary(self) -> str:
-        verb = "would evict" if self.dry_run else "evicted"
-        lines = [
-            f"usage {self.usage_before} -> {self.usage_after} bytes"
-            + (f" (budget {self.max_bytes})" if self.max_bytes is not None else ""),
-            f"{verb} {len(self.evicted)} studies (least recently used first): "
-            + (", ".join(c.study for c in self.evicted) or "none"),
-            f"half-evicted instances cleaned: {len(self.repaired)}; orphans: {len(self.orphans)}; "
-            f"stale access markers: {len(self.markers_removed)}",
-        ]
-        if self.refreshed or self.refresh_note:
-            lines.append(f"refreshed {len(self.refreshed)} studies. {self.refresh_note}".strip())
-        if self.over_budget:
-            lines.append(
-                f"still over budget: {self.pinned_bytes} bytes are pinned and cannot be evicted"
-            )
-        return "\n".join(lines)
+    @property
+    def ok(self) -> bool:
+        """Nothing skipped and under budget: the exit status a schedule can alert on."""
+        return not self.skipped and not self.over_budget
 
 
-def rank(
-    inventory: PrefixInventory, last_access: dict[str, float]
-) -> list[Candidate]:
+def rank(inventory: PrefixInventory, last_access: dict[str, float]) -> list[Candidate]:
     """Every stored study, least recently used first."""
     candidates = []
     for study in inventory.studies.values():
         seen = last_access.get(study.study)
         recency = max(seen or 0.0, study.written.timestamp())
-        candidates.append(Candidate(study.study, study.bytes, recency, seen, study.pinned))
+        candidates.append(
+            Candidate(study.study, study.bytes, recency, seen, study.pinned, study.cached)
+        )
     return sorted(candidates, key=lambda c: (c.recency, c.study))
 
 
 def choose(candidates: list[Candidate], usage: int, max_bytes: int) -> list[Candidate]:
-    """The least recently used unpinned studies whose removal brings usage to max_bytes."""
+    """The least recently used evictable studies whose removal brings usage to max_bytes."""
     chosen: list[Candidate] = []
     for candidate in candidates:
         if usage <= max_bytes:
             break
-        if candidate.pinned:
+        if candidate.pinned or not candidate.evictable:
             continue
         chosen.append(candidate)
         usage -= candidate.bytes
     return chosen
 
 
-def refresh_support(client, bucket: str) -> tuple[bool, str]:
+def refresh_support(bucket: Bucket) -> tuple[bool, str]:
     """Whether a self-copy safely restarts the lifecycle clock on this store, and why."""
-    headers = client.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]
-    server = headers.get("server", "")
+    server = bucket.server()
     for name, safe in REFRESH_SAFE.items():
         if server.startswith(name):
             return safe, f"store is {server}"
     return False, f"store {server or '(no Server header)'} is not known to reset expiry on copy"
 
 
-def refresh_study(client, bucket: str, study: StudyInventory, *, workers: int = 8) -> int:
-    """Copy each cache-tagged object of the study onto itself, indexes last.
-
-    Content-Type, user metadata and tags are kept (REPLACE with the same values,
-    since S3 refuses a self-copy that changes nothing).
-    """
-
-    def copy(key: str) -> None:
-        head = client.head_object(Bucket=bucket, Key=key)
-        extra = {"CacheControl": head["CacheControl"]} if head.get("CacheControl") else {}
-        client.copy_object(
-            Bucket=bucket,
-            Key=key,
-            CopySource={"Bucket": bucket, "Key": key},
-            MetadataDirective="REPLACE",
-            TaggingDirective="COPY",
-            ContentType=head.get("ContentType", "application/octet-stream"),
-            Metadata=head.get("Metadata", {}),
-            **extra,
-        )
-
-    instances = [i for i in study.instances.values() if i.retention == CACHE]
+def refresh_study(bucket: Bucket, study: StudyInventory, *, workers: int = 8) -> int:
+    """Copy each cache-tagged object of the study onto itself, indexes last."""
+    instances = [i for i in study.instances.values() if i.cached]
     body = [o.key for i in instances for o in i.objects if i.index_object is not o]
     indexes = [i.index_object.key for i in instances if i.index_object is not None]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for keys in (body, indexes):
-            list(pool.map(copy, keys))
+            list(pool.map(bucket.copy_in_place, keys))
     return len(body) + len(indexes)
 
 
 def sweep(
-    client,
-    bucket: str,
+    bucket: Bucket,
     layout: KeyLayout,
     *,
     max_bytes: int | None = None,
@@ -168,13 +139,18 @@ def sweep(
     """One sweeper run over one prefix (see the module docstring for the steps)."""
     now = time.time() if now is None else now
     report = SweepReport(max_bytes=max_bytes, dry_run=dry_run)
-    inventory = take_inventory(client, bucket, layout, workers=workers)
+    inventory = take_inventory(bucket, layout, workers=workers)
     report.usage_before = inventory.bytes
+    report.skipped = inventory.unreadable
+    # Read before anything is deleted: a marker the store fails to give stops the run here.
+    last_access = read_last_access(bucket, layout, workers=workers)
 
-    # 1. Half-evicted instances and dead ingests.
-    broken = {}
+    # 1. Half-evicted instances and dead ingests (never in a study whose tags are unknown).
+    broken: dict[InstanceKey, list[StoredObject]] = {}
     oldest_orphan = datetime.fromtimestamp(now, timezone.utc) - orphan_grace
     for instance in inventory.instances:
+        if instance.key.study in report.skipped:
+            continue
         if instance.index_object is not None and instance.complete is False:
             report.repaired.append(instance.key)
             broken[instance.key] = instance.objects
@@ -182,33 +158,34 @@ def sweep(
             report.orphans.append(instance.key)
             broken[instance.key] = instance.objects
     if broken:
-        evict_objects(client, bucket, broken, dry_run=dry_run)
-        _forget(inventory, broken)
+        evict_objects(bucket, broken, dry_run=dry_run)
+        inventory.forget(broken)
 
     # 2. Least recently used studies until under budget.
-    last_access = read_last_access(client, bucket, layout, workers=workers)
     ranked = rank(inventory, last_access)
     report.pinned_bytes = sum(study.pinned_bytes for study in inventory.studies.values())
+    report.kept_bytes = sum(c.bytes for c in ranked if c.pinned or not c.evictable)
     if max_bytes is not None:
         report.evicted = choose(ranked, inventory.bytes, max_bytes)
         for candidate in report.evicted:
             study = inventory.studies[candidate.study]
             found = {key: inst.objects for key, inst in study.instances.items()}
-            evict_objects(client, bucket, found, dry_run=dry_run)
+            evict_objects(bucket, found, dry_run=dry_run)
             del inventory.studies[candidate.study]
 
     # 3. Markers of studies that are gone.
     stale = [
-        key for study, key in list_marker_keys(client, bucket, layout).items()
+        key
+        for study, key in list_marker_keys(bucket, layout).items()
         if study not in inventory.studies
     ]
     if stale and not dry_run:
-        delete_keys(client, bucket, stale)
+        bucket.delete(stale)
     report.markers_removed = stale
 
     # 4. Refresh what is read but getting old.
     if refresh_after is not None:
-        safe, why = refresh_support(client, bucket)
+        safe, why = refresh_support(bucket)
         if not (safe or force_refresh):
             report.refresh_note = f"refresh skipped: {why} (see docs/operations.md)"
         else:
@@ -216,7 +193,7 @@ def sweep(
             for study in inventory.studies.values():
                 if _wants_refresh(study, last_access.get(study.study), refresh_after, now):
                     if not dry_run:
-                        refresh_study(client, bucket, study, workers=workers)
+                        refresh_study(bucket, study, workers=workers)
                     report.refreshed.append(study.study)
 
     report.usage_after = inventory.bytes
@@ -227,17 +204,7 @@ def _wants_refresh(
     study: StudyInventory, seen: float | None, refresh_after: timedelta, now: float
 ) -> bool:
     """Read since its oldest object was written, and that object is older than refresh_after."""
-    if seen is None or study.pinned:
+    if seen is None or not study.cached:
         return False
     oldest = min(o.last_modified for i in study.instances.values() for o in i.objects)
     return seen > oldest.timestamp() and now - oldest.timestamp() >= refresh_after.total_seconds()
-
-
-def _forget(inventory: PrefixInventory, removed: dict[InstanceKey, object]) -> None:
-    for key in removed:
-        study = inventory.studies.get(key.study)
-        if study is None:
-            continue
-        study.instances.pop(key, None)
-        if not study.instances:
-            del inventory.studies[key.study]

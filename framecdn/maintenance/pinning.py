@@ -11,9 +11,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from framecdn.framestore.keys import KeyLayout
-from framecdn.framestore.retention import CACHE, PINNED, RETENTION_TAG
-from framecdn.ingest.eviction import NothingStored, find_objects
+from framecdn.framestore.bucket import Bucket
+from framecdn.framestore.keys import KeyLayout, is_index_key
+from framecdn.framestore.retention import CACHE, PINNED
+from framecdn.maintenance.eviction import NothingStored, find_objects
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,17 +25,8 @@ class PinReport:
     bytes: int
 
 
-def retag(client, bucket: str, key: str, value: str) -> None:
-    """Set our retention tag on one object, keeping its other tags."""
-    tags = client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
-    tags = [tag for tag in tags if tag["Key"] != RETENTION_TAG]
-    tags.append({"Key": RETENTION_TAG, "Value": value})
-    client.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": tags})
-
-
 def pin(
-    client,
-    bucket: str,
+    bucket: Bucket,
     layout: KeyLayout,
     study: str,
     *,
@@ -44,14 +36,14 @@ def pin(
 ) -> PinReport:
     """Tag every object of the study (or series) ``pinned``, or back to ``cache``."""
     value = CACHE if unpin else PINNED
-    found = find_objects(client, bucket, layout, study=study, series=series)
+    found = find_objects(bucket, layout, study=study, series=series)
     if not found:
         what = f"study {study}" + (f" series {series}" if series else "")
         raise NothingStored(f"nothing stored for {what}")
     objects = [obj for group in found.values() for obj in group]
-    body = [obj.key for obj in objects if not obj.key.endswith("/index.json")]
-    indexes = [obj.key for obj in objects if obj.key.endswith("/index.json")]
+    body = [obj.key for obj in objects if not is_index_key(obj.key)]
+    indexes = [obj.key for obj in objects if is_index_key(obj.key)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for keys in (body, indexes):
-            list(pool.map(lambda key: retag(client, bucket, key, value), keys))
+            list(pool.map(lambda key: bucket.set_retention(key, value), keys))
     return PinReport(value, len(found), len(objects), sum(obj.size for obj in objects))

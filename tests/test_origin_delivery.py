@@ -6,21 +6,21 @@ real (a closed port, a socket that never answers); eviction is a real delete.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import KeyLayout
 from framecdn.ingest.pipeline import ingest_file
 from framecdn.synthetic import write_tomosynthesis
-from tests.origin_fixtures import Expected, free_port, ingest, run_origin
+from tests.origin_fixtures import Expected, free_port, hung_server, ingest, run_origin
 
 SINGLE = {"Accept": "application/octet-stream"}
 OHIF_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax="*"'
@@ -108,31 +108,8 @@ def test_s3_unreachable_is_503_with_retry_after(module_settings: Settings, big: 
 
 @pytest.fixture
 def black_hole() -> Iterator[str]:
-    """A TCP server that accepts connections and never answers (a hung S3)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(2)
-        for conn in held:
-            conn.close()
-        server.close()
+    with hung_server() as url:
+        yield url
 
 
 def test_s3_hanging_is_504_within_the_read_timeout(
@@ -206,11 +183,47 @@ def test_client_disconnect_releases_the_s3_connection(module_settings: Settings,
         assert _active_s3_connections(served) == 0
 
 
+class BodyWrites:
+    """ASGI wrapper: the size of every body message the origin hands the server, per path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.sizes: dict[str, list[int]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sizes = self.sizes.setdefault(scope["path"], [])
+
+        async def recording_send(message: Message) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                sizes.append(len(message["body"]))
+            await send(message)
+
+        await self.app(scope, receive, recording_send)
+
+
 def test_streaming_is_chunked_not_buffered(module_settings: Settings, big: Expected) -> None:
-    """The first bytes of a 2 MiB frame arrive before the origin could have read it whole."""
-    with run_origin(module_settings) as served, httpx.Client(timeout=30) as http:
-        url = frames_url(served.root, big, "1,2,3,4,5,6")
-        with http.stream("GET", url) as response:
-            sizes = [len(chunk) for chunk in response.iter_raw()]
-        assert sum(sizes) == int(response.headers["content-length"])
-        assert len(sizes) > 6  # many writes, not one buffered body per frame
+    """The origin writes each 2 MiB frame in chunk-sized pieces, never a frame at once."""
+    writes: list[BodyWrites] = []
+
+    def watch(app: ASGIApp) -> ASGIApp:
+        writes.append(BodyWrites(app))
+        return writes[0]
+
+    chunk = module_settings.stream_chunk_bytes
+    with run_origin(module_settings, wrap=watch) as served, httpx.Client(timeout=30) as http:
+        multi = http.get(frames_url(served.root, big, "1,2,3,4,5,6"))
+        single = http.get(frames_url(served.root, big, "7"), headers=SINGLE)
+    assert multi.status_code == 200 and single.status_code == 200
+    assert single.content == big.frames[6]
+    multi_writes = writes[0].sizes[urlsplit(str(multi.url)).path]
+    single_writes = writes[0].sizes[urlsplit(str(single.url)).path]
+    assert sum(multi_writes) == len(multi.content)
+    assert sum(single_writes) == len(big.frames[6])
+    part_head = 512  # boundary, Content-Type and Content-Location of one part
+    assert max(multi_writes) <= chunk + part_head
+    assert max(single_writes) <= chunk
+    assert len(multi_writes) >= sum(len(f) for f in big.frames[:6]) // chunk
+    assert len(single_writes) >= len(big.frames[6]) // chunk

@@ -271,14 +271,13 @@ class ObjectStore:
     async def _check(response: aiohttp.ClientResponse, key: str) -> None:
         if response.status in (200, 206):
             return
-        text = (await response.read())[:300].decode(errors="replace")
-        if response.status == 404:
+        text = (await response.read())[:300].decode(errors="replace")  # keeps the connection
+        if response.status in (404, 416):  # 416: the object is shorter than the index says
             raise ObjectMissing(key)
-        if response.status == 416:  # the object is shorter than the index says
-            raise ObjectMissing(key)
+        what = f"GET {response.url.with_query(None)} answered {response.status}: {text}"
         if response.status >= 500:
-            raise S3Unavailable(f"S3 answered {response.status} for {key}: {text}")
-        raise S3Error(f"S3 answered {response.status} for {key}: {text}")
+            raise S3Unavailable(what)
+        raise S3Error(what)
 
     async def get_bytes(self, key: str) -> bytes:
         """The whole (small) object; raises ObjectMissing when absent."""
@@ -319,9 +318,10 @@ class ObjectStore:
             body = await response.read()
             if response.status != 200:
                 text = body[:300].decode(errors="replace")
+                what = f"LIST {self.endpoint}/{self.bucket} {prefix!r} answered {response.status}"
                 if response.status >= 500:
-                    raise S3Unavailable(f"S3 list {prefix!r} answered {response.status}: {text}")
-                raise S3Error(f"S3 list {prefix!r} answered {response.status}: {text}")
+                    raise S3Unavailable(f"{what}: {text}")
+                raise S3Error(f"{what}: {text}")
             return body
 
         while True:
@@ -346,7 +346,7 @@ class ObjectStore:
         async def read(response: aiohttp.ClientResponse) -> None:
             text = (await response.read())[:300].decode(errors="replace")
             if response.status != 200:
-                raise S3Error(f"S3 PUT {key} answered {response.status}: {text}")
+                raise S3Error(f"PUT {url} answered {response.status}: {text}")
 
         await self._request("PUT", url, read, headers=headers, body=body)
 

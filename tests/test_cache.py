@@ -17,7 +17,7 @@ class Clock:
         return self.now
 
 
-def run(coroutine):  # noqa: ANN001, ANN201 - a test helper
+def run(coroutine):
     return asyncio.run(coroutine)
 
 

@@ -9,7 +9,6 @@ import pytest
 from botocore.exceptions import ClientError
 from pydicom import uid
 
-from framecdn.framestore.config import Settings
 from framecdn.framestore.index import FrameEntry, InstanceIndex, InvalidIndex, SourceInfo
 from framecdn.framestore.keys import InstanceKey, InvalidUID, KeyLayout, validate_uid
 from framecdn.framestore.s3 import Presigner, make_client
@@ -40,14 +39,16 @@ def test_uid_of_64_characters_is_accepted() -> None:
 
 def test_key_layout_mirrors_dicomweb_urls() -> None:
     layout = KeyLayout("clinic-a")
-    assert layout.frame(KEY, 7) == "clinic-a/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/7"
+    assert layout.frame(KEY, 7) == (
+        "clinic-a/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/7"
+    )
     assert layout.metadata(KEY).endswith("/instances/1.2.3.4.5/metadata")
     assert layout.index(KEY).endswith("/instances/1.2.3.4.5/index.json")
     assert KeyLayout("").frame(KEY, 1).startswith("studies/1.2.3/")
     assert KeyLayout("/a/b/").prefix == "a/b/"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1-based"):
         layout.frame(KEY, 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="prefix"):
         KeyLayout("a/../b")
 
 
@@ -139,7 +140,8 @@ def test_every_syntax_of_pydicoms_image_groups_is_served(group, media_types) -> 
 
 def test_native_syntaxes_become_explicit_little_endian_and_video_is_refused() -> None:
     for syntax in uid.UncompressedTransferSyntaxes:
-        assert stored_representation(syntax) == (uid.ExplicitVRLittleEndian, "application/octet-stream")
+        stored = stored_representation(syntax)
+        assert stored == (uid.ExplicitVRLittleEndian, "application/octet-stream")
     for syntax in uid.MPEGTransferSyntaxes:
         with pytest.raises(UnsupportedTransferSyntax):
             stored_representation(syntax)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
@@ -21,7 +21,7 @@ from framecdn.framestore.config import Settings
 from framecdn.framestore.s3 import Presigner, resolve_credentials
 from framecdn.framestore.sigv4 import SigningKeys, host_header, presign, signing_key
 
-SIGNED_AT = datetime(2027, 3, 14, 15, 0, 0, tzinfo=timezone.utc)  # a window start (3600 s)
+SIGNED_AT = datetime(2027, 3, 14, 15, 0, 0, tzinfo=UTC)  # a window start (3600 s)
 KEYS = [
     "studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/1",
     "clinic a/studies/1.2/metadata",
@@ -78,7 +78,8 @@ def test_same_url_as_botocore(
     expected = botocore_url(monkeypatch, endpoint, key, keys, expires=7200)
     got = ours(endpoint, key, keys)
     assert split(got) == split(expected)
-    assert got.endswith("&X-Amz-Signature=" + parse_qs(urlsplit(expected).query)["X-Amz-Signature"][0])
+    signature = parse_qs(urlsplit(expected).query)["X-Amz-Signature"][0]
+    assert got.endswith(f"&X-Amz-Signature={signature}")
 
 
 def test_signing_key_matches_the_aws_documentation_example() -> None:
@@ -96,9 +97,9 @@ def test_host_header_drops_default_ports_only() -> None:
 
 def test_expiry_is_bounded_like_sigv4() -> None:
     keys = SigningKeys("a", "b")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expires"):
         presign("https://s3.example.org/b/k", keys, region="r", signed_at=SIGNED_AT, expires=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expires"):
         presign(
             "https://s3.example.org/b/k", keys, region="r", signed_at=SIGNED_AT,
             expires=7 * 24 * 3600 + 1,
@@ -115,7 +116,9 @@ def test_presigned_url_is_stable_within_its_window(settings: Settings) -> None:
 
 
 @pytest.mark.parametrize("key", STORE_KEYS)
-def test_real_store_accepts_ours_and_refuses_tampering(s3_client, settings: Settings, key: str) -> None:
+def test_real_store_accepts_ours_and_refuses_tampering(
+    s3_client, settings: Settings, key: str
+) -> None:
     object_key = f"{settings.prefix}/{key}"
     body = key.encode()
     s3_client.put_object(Bucket=settings.bucket, Key=object_key, Body=body)
@@ -124,7 +127,7 @@ def test_real_store_accepts_ours_and_refuses_tampering(s3_client, settings: Sett
         assert response.read() == body
     tampered = [
         url.replace("X-Amz-Signature=", "X-Amz-Signature=0"),  # another signature
-        url.replace(urllib.parse.quote(settings.prefix), urllib.parse.quote(settings.prefix) + "x", 1),
+        url.replace(settings.prefix, settings.prefix + "x", 1),  # another object
         url.replace("X-Amz-Expires=", "X-Amz-Expires=9"),  # a longer life than signed
     ]
     for forged in tampered:

@@ -138,7 +138,8 @@ class Settings:
     )
     prefix: str = setting("FRAMECDN_PREFIX", "", "Key prefix, e.g. one per clinic.")
     aws_access_key_id: str | None = setting(
-        "AWS_ACCESS_KEY_ID", None, "S3 access key; unset means boto3's credential chain (profile, instance role)."
+        "AWS_ACCESS_KEY_ID", None,
+        "S3 access key; unset means boto3's credential chain (profile, instance role).",
     )
     aws_secret_access_key: str | None = setting(
         "AWS_SECRET_ACCESS_KEY", None, "S3 secret key (with `AWS_ACCESS_KEY_ID`).", secret=True
@@ -428,5 +429,6 @@ def environment_table() -> str:
     """The README's configuration table, as Markdown."""
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for f in _documented():
-        rows.append(f"| `{f.metadata['env']}` | {_default_text(f) or 'unset'} | {f.metadata['help']} |")
+        default = _default_text(f) or "unset"
+        rows.append(f"| `{f.metadata['env']}` | {default} | {f.metadata['help']} |")
     return "\n".join(rows)

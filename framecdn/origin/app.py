@@ -33,6 +33,7 @@ from framecdn.origin.storage import ObjectStore
 from framecdn.origin.upstream import Upstream
 from framecdn.origin.urls import normalise_root
 
+
 class Origin:
     """Per-process state shared by all requests."""
 
@@ -55,7 +56,8 @@ class Origin:
 
 def _routes(origin: Origin) -> list[Route]:
     root = origin.root
-    instance = root + "/studies/{study}/series/{series}/instances/{instance}"
+    series = root + "/studies/{study}/series/{series}"
+    instance = series + "/instances/{instance}"
     methods = ["GET", "HEAD"]
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -64,7 +66,7 @@ def _routes(origin: Origin) -> list[Route]:
     return [
         Route(instance + "/frames/{frames}", frames_endpoint, methods=methods),
         Route(instance + "/metadata", metadata_endpoint, methods=methods),
-        Route(root + "/studies/{study}/series/{series}/metadata", metadata_endpoint, methods=methods),
+        Route(series + "/metadata", metadata_endpoint, methods=methods),
         Route(root + "/studies/{study}/metadata", metadata_endpoint, methods=methods),
         Route("/healthz", healthz, methods=methods),
         Route("/readyz", readyz, methods=methods),

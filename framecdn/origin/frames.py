@@ -158,7 +158,9 @@ async def _stream_single(
         origin.indexes.mark_stale(index.key, index)
         return error_response(404, "frame object does not match the index (being evicted)")
     body = single_body(stream, length, _on_broken(origin, index), origin.chunk_size)
-    return ClosingStreamingResponse(body, status_code=status, headers=headers, media_type=media_type)
+    return ClosingStreamingResponse(
+        body, status_code=status, headers=headers, media_type=media_type
+    )
 
 
 async def _stream_multipart(

@@ -72,7 +72,8 @@ def accepts_json(accept: str | None) -> bool:
 def accepts_gzip(accept_encoding: str | None) -> bool:
     for element in (accept_encoding or "").split(","):
         coding, *params = [piece.strip().lower() for piece in element.split(";")]
-        if coding in ("gzip", "*") and not any(p.replace(" ", "") in ("q=0", "q=0.0") for p in params):
+        refused = any(p.replace(" ", "") in ("q=0", "q=0.0") for p in params)
+        if coding in ("gzip", "*") and not refused:
             return True
     return False
 
@@ -118,7 +119,10 @@ class MetadataService:
                 self.origin.indexes.mark_stale(key, index)
                 return None
             data = json.loads(raw)
-            return data[0] if isinstance(data, list) and data else data
+            obj = data[0] if isinstance(data, list) and data else data
+            if not isinstance(obj, dict):
+                raise S3Error(f"{self.origin.layout.metadata(key)} is not a DICOM JSON object")
+            return obj
 
         return await self.objects.get_or_load(key, load)
 

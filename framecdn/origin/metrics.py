@@ -93,8 +93,9 @@ class MetricsMiddleware:
 
     A request is counted just *before* its last byte is handed to the server (the
     message completing Content-Length, or the final one), so a client that has read
-    a whole response and then asks ``/metrics`` always finds that response counted. Requests that end without a last body
-    message (an error, a client gone mid-stream) are counted when the app returns.
+    a whole response and then asks ``/metrics`` always finds that response counted.
+    Requests that end without a last body message (an error, a client gone
+    mid-stream) are counted when the app returns.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:

@@ -23,6 +23,7 @@ from starlette.types import Send
 from framecdn.origin.multipart import MultipartLayout
 from framecdn.origin.storage import ObjectStore, ObjectStream
 
+
 class BrokenInstance(Exception):
     """A frame object is missing or short although the index lists it."""
 
@@ -60,7 +61,7 @@ async def single_body(
         raise BrokenInstance(f"frame body was {sent} bytes, index says {expected}")
 
 
-async def _close_quietly(task: asyncio.Task) -> None:
+async def _close_quietly(task: asyncio.Task[ObjectStream]) -> None:
     if not task.done():
         task.cancel()
     try:
@@ -86,7 +87,7 @@ async def multipart_body(
     that a missing instance is still a clean 404).
     """
     count = len(keys)
-    pending: dict[int, asyncio.Task] = {}
+    pending: dict[int, asyncio.Task[ObjectStream]] = {}
     scheduled = 1
 
     def schedule() -> None:

@@ -8,7 +8,7 @@ can cache the redirect target.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -114,9 +114,7 @@ class Presigner:
     def url(self, key: str, *, now: float | None = None) -> str:
         """A presigned GET of ``key``, signed at the start of the current window."""
         now = time.time() if now is None else now
-        signed_at = datetime.fromtimestamp(
-            self.window(now) * self.window_seconds, tz=timezone.utc
-        )
+        signed_at = datetime.fromtimestamp(self.window(now) * self.window_seconds, tz=UTC)
         url = f"{self.endpoint}/{self.bucket}/{quote(key, safe='/~')}"
         return presign(
             url, self.credentials, region=self.region, signed_at=signed_at, expires=self.expires

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit, urlunsplit
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -81,7 +81,7 @@ def presign(
     parts = urlsplit(url)
     if parts.query or parts.fragment:
         raise ValueError("presign takes a URL without query or fragment")
-    timestamp = signed_at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    timestamp = signed_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     date = timestamp[:8]
     scope = f"{date}/{region}/{service}/aws4_request"
     params = {

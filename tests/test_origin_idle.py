@@ -14,8 +14,6 @@ Real uvicorn, real SeaweedFS, a short read timeout, several idle periods.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import time
 import uuid
 
@@ -52,14 +50,15 @@ def module_settings(s3_store: EmbeddedS3) -> Settings:
 @pytest.fixture(scope="module")
 def instance(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Expected:
     path = tmp_path_factory.mktemp("idle") / "tomo.dcm"
-    write_tomosynthesis(path, frames=6, rows=ROWS, columns=COLUMNS, seed=5)
+    write_tomosynthesis(path, frames=4, rows=ROWS, columns=COLUMNS, seed=5)
     return ingest(path, module_settings)
 
 
 def multipart_frames(response: httpx.Response) -> list[bytes]:
-    head = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + response.content)
-    return [part.get_payload(decode=True) for part in message.iter_parts()]
+    """The parts' bodies (the origin's boundary never occurs inside a part)."""
+    boundary = b"--" + response.headers["content-type"].split("boundary=")[1].encode()
+    parts = response.content.split(boundary)[1:-1]
+    return [part.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n") for part in parts]
 
 
 def read_slowly(http: httpx.Client, url: str, headers: dict[str, str]) -> httpx.Response:
@@ -88,8 +87,8 @@ def test_no_504_after_idling_past_the_read_timeout(
             f"{served.instance_url(instance)}/metadata",
         ]
         for round_number in range(ROUNDS):
-            streamed = read_slowly(http, served.frames_url(instance, "1,2,3,4,5,6"), {})
-            if check(round_number, "multipart 1-6", streamed):
+            streamed = read_slowly(http, served.frames_url(instance, "1,2,3,4"), {})
+            if check(round_number, "multipart 1-4", streamed):
                 assert multipart_frames(streamed) == instance.frames
             single = read_slowly(http, served.frames_url(instance, "3"), SINGLE)
             if check(round_number, "frame 3", single):
@@ -99,7 +98,7 @@ def test_no_504_after_idling_past_the_read_timeout(
 
             for url in metadata:
                 check(round_number, url.removeprefix(served.root), http.get(url))
-            for frames, headers in (("2", SINGLE), ("4,5,6,1", {})):
+            for frames, headers in (("2", SINGLE), ("4,1", {})):
                 url = served.frames_url(instance, frames)
                 check(round_number, f"frames {frames}", http.get(url, headers=headers))
     assert failures == []

@@ -72,7 +72,8 @@ def test_endpoints_have_one_source() -> None:
         ("FRAMECDN_ROOT_PATH", "dicom-web"),
         ("FRAMECDN_PRESIGN_WINDOW", "0"),
         ("FRAMECDN_PRESIGN_WINDOW", "700000"),  # two windows would outlive SigV4's 7 days
-        ("FRAMECDN_BUCKET", "Frames_Bucket"),
+        ("FRAMECDN_BUCKET", "clinic/frames"),
+        ("FRAMECDN_BUCKET", "ab"),
         ("FRAMECDN_INDEX_CACHE_SECONDS", "-5"),
         ("FRAMECDN_RETRY_AFTER", "0"),
     ],

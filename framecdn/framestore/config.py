@@ -42,7 +42,9 @@ Check = Callable[[Any], str | None]
 DELIVERY_MODES = ("stream", "redirect", "accel")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+#: Today's S3 rules are stricter (3-63, lower case), but older AWS buckets may hold
+#: capitals and underscores; anything outside this set cannot be a bucket anywhere.
+_BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
 _MAX_PRESIGN_WINDOW = 7 * 24 * 3600 // 2  # a URL lives two windows; SigV4 allows 7 days
 
 
@@ -106,9 +108,9 @@ def cors_origins(values: tuple[str, ...]) -> str | None:
 
 
 def bucket_name(value: str) -> str | None:
-    if _BUCKET_NAME.fullmatch(value) and ".." not in value:
+    if _BUCKET_NAME.fullmatch(value):
         return None
-    return "must be 3-63 lower-case letters, digits, dots or hyphens (S3 bucket naming)"
+    return "is not a bucket name (letters, digits, dots, hyphens, underscores; 3 or more)"
 
 
 def non_empty(value: str) -> str | None:

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(BIN)/.installed
 ## Run the whole test suite against real servers (SeaweedFS, uvicorn).
 test: $(BIN)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Static checks: ruff (rules in pyproject.toml) and mypy on the package.
+lint: $(BIN)/.installed
+	$(BIN)/ruff check . ; ruff=$$?; $(BIN)/mypy framecdn && exit $$ruff
 
 ## Benchmarks (minutes; write their numbers into docs/benchmarks.md).
 bench: $(BIN)/.installed

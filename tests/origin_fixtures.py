@@ -6,11 +6,12 @@ e.g. the S3 connection pool) and is reached over real HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +19,43 @@ import pydicom
 import uvicorn
 from pydicom.encaps import generate_frames
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex
 from framecdn.ingest.pipeline import ingest_file
-from framecdn.origin.app import create_app
+from framecdn.origin.app import Origin, create_app
+from framecdn.origin.markers import flush_once
+from framecdn.origin.storage import ObjectStore
+
+
+@contextlib.contextmanager
+def hung_server() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers (a hung S3): its URL."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        server.close()
 
 
 def free_port() -> int:
@@ -39,7 +72,7 @@ class RunningOrigin:
     settings: Settings
 
     @property
-    def origin(self):
+    def origin(self) -> Origin:
         return self.app.state.origin
 
     def instance_url(self, inst: Expected) -> str:
@@ -52,18 +85,25 @@ class RunningOrigin:
 
 
 @contextlib.contextmanager
-def run_origin(settings: Settings, *, public_url: bool = False) -> Iterator[RunningOrigin]:
+def run_origin(
+    settings: Settings,
+    *,
+    public_url: bool = False,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
+) -> Iterator[RunningOrigin]:
     """uvicorn serving ``create_app(settings)`` on 127.0.0.1:<free port>, in a thread.
 
     ``public_url=True`` configures the origin's public URL to its own address (needed by
-    dicomweb-client, which sends ``Host`` without the port).
+    dicomweb-client, which sends ``Host`` without the port). ``wrap`` puts an ASGI
+    wrapper between the server and the app (to watch what the app sends).
     """
     port = free_port()
     if public_url:
         settings = settings.with_overrides(public_url=f"http://127.0.0.1:{port}")
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+        wrap(app) if wrap else app,
+        host="127.0.0.1", port=port, log_level="warning", access_log=False,
         loop="uvloop", http="httptools", lifespan="on",
     )
     server = uvicorn.Server(config)
@@ -72,6 +112,8 @@ def run_origin(settings: Settings, *, public_url: bool = False) -> Iterator[Runn
     deadline = time.monotonic() + 15
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            thread.join(15)
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     base = f"http://127.0.0.1:{port}"
@@ -117,6 +159,19 @@ def pydicom_frames(path: Path) -> list[bytes]:
     length = ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated // 8
     data = ds.PixelData
     return [data[i * length : (i + 1) * length] for i in range(count)]
+
+
+async def _flush(origin: Origin, settings: Settings) -> int:
+    store = ObjectStore(settings)  # the app's own store belongs to the server's event loop
+    try:
+        return await flush_once(store, origin.layout, origin.recorder)
+    finally:
+        await store.aclose()
+
+
+def flush_access_markers(running: RunningOrigin) -> int:
+    """Write the origin's due access markers now (what its background task does)."""
+    return asyncio.run(_flush(running.origin, running.settings))
 
 
 def ingest(path: Path, settings: Settings) -> Expected:

@@ -1,18 +1,20 @@
-"""The shared contract: keys, UIDs, index schema, configuration, clients and presigning."""
+"""The shared contract: keys, UIDs, index schema, transfer syntaxes, clients.
+
+Configuration is tested in test_config.py, presigning in test_sigv4.py.
+"""
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 import pytest
 from botocore.exceptions import ClientError
+from pydicom import uid
 
-from framecdn.framestore.config import Settings, environment_table
 from framecdn.framestore.index import FrameEntry, InstanceIndex, InvalidIndex, SourceInfo
 from framecdn.framestore.keys import InstanceKey, InvalidUID, KeyLayout, validate_uid
 from framecdn.framestore.s3 import Presigner, make_client
 from framecdn.framestore.transfer_syntax import (
+    DEFAULT_SYNTAX_FOR_MEDIA_TYPE,
+    MEDIA_TYPE_SYNTAXES,
     UnsupportedTransferSyntax,
     content_type,
     stored_representation,
@@ -37,14 +39,16 @@ def test_uid_of_64_characters_is_accepted() -> None:
 
 def test_key_layout_mirrors_dicomweb_urls() -> None:
     layout = KeyLayout("clinic-a")
-    assert layout.frame(KEY, 7) == "clinic-a/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/7"
+    assert layout.frame(KEY, 7) == (
+        "clinic-a/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/7"
+    )
     assert layout.metadata(KEY).endswith("/instances/1.2.3.4.5/metadata")
     assert layout.index(KEY).endswith("/instances/1.2.3.4.5/index.json")
     assert KeyLayout("").frame(KEY, 1).startswith("studies/1.2.3/")
     assert KeyLayout("/a/b/").prefix == "a/b/"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1-based"):
         layout.frame(KEY, 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="prefix"):
         KeyLayout("a/../b")
 
 
@@ -120,29 +124,35 @@ def test_transfer_syntax_representations() -> None:
     )
 
 
-def test_settings_from_environment() -> None:
-    settings = Settings.from_env(
-        {
-            "FRAMECDN_S3_ENDPOINT": "http://s3.local:9000",
-            "FRAMECDN_BUCKET": "frames",
-            "FRAMECDN_PREFIX": "clinic-b",
-            "FRAMECDN_DELIVERY": "redirect",
-            "FRAMECDN_CORS_ORIGINS": "https://a.example, https://b.example",
-            "FRAMECDN_INGEST_WORKERS": "3",
-            "AWS_REGION": "eu-west-1",
-        }
-    )
-    assert settings.s3_endpoint == "http://s3.local:9000"
-    assert settings.public_endpoint == "http://s3.local:9000"
-    assert settings.bucket == "frames" and settings.prefix == "clinic-b"
-    assert settings.delivery == "redirect"
-    assert settings.cors_origins == ("https://a.example", "https://b.example")
-    assert settings.ingest_workers == 3 and settings.aws_region == "eu-west-1"
-    with pytest.raises(ValueError, match="delivery"):
-        Settings.from_env({"FRAMECDN_DELIVERY": "teleport"})
-    with pytest.raises(ValueError, match="FRAMECDN_PORT"):
-        Settings.from_env({"FRAMECDN_PORT": "eighty"})
-    assert "`FRAMECDN_S3_PUBLIC_ENDPOINT`" in environment_table()
+@pytest.mark.parametrize(
+    ("group", "media_types"),
+    [
+        (uid.JPEGTransferSyntaxes, {"image/jpeg"}),
+        (uid.JPEGLSTransferSyntaxes, {"image/jls"}),
+        (uid.JPEG2000TransferSyntaxes, {"image/jp2", "image/jpx", "image/jphc"}),
+        (uid.RLETransferSyntaxes, {"image/dicom-rle"}),
+    ],
+)
+def test_every_syntax_of_pydicoms_image_groups_is_served(group, media_types) -> None:
+    assert {stored_representation(s)[1] for s in group} == media_types
+    assert all(stored_representation(s)[0] == s for s in group)  # kept as is
+
+
+def test_native_syntaxes_become_explicit_little_endian_and_video_is_refused() -> None:
+    for syntax in uid.UncompressedTransferSyntaxes:
+        stored = stored_representation(syntax)
+        assert stored == (uid.ExplicitVRLittleEndian, "application/octet-stream")
+    for syntax in uid.MPEGTransferSyntaxes:
+        with pytest.raises(UnsupportedTransferSyntax):
+            stored_representation(syntax)
+
+
+def test_each_media_types_default_syntax_is_one_it_carries() -> None:
+    assert set(DEFAULT_SYNTAX_FOR_MEDIA_TYPE) == set(MEDIA_TYPE_SYNTAXES)
+    for media_type, syntax in DEFAULT_SYNTAX_FOR_MEDIA_TYPE.items():
+        assert syntax in MEDIA_TYPE_SYNTAXES[media_type]
+    assert MEDIA_TYPE_SYNTAXES["image/jpx"] == {uid.JPEG2000MCLossless, uid.JPEG2000MC}
+    assert MEDIA_TYPE_SYNTAXES["image/jp2"] == {uid.JPEG2000Lossless, uid.JPEG2000}
 
 
 def test_store_checks_signatures(s3_store, settings) -> None:
@@ -164,23 +174,6 @@ def test_store_verifies_checksums(s3_client, settings) -> None:
             ChecksumSHA256=base64.b64encode(hashlib.sha256(b"other").digest()).decode(),
         )
     assert caught.value.response["Error"]["Code"] == "BadDigest"
-
-
-def test_presigned_url_is_stable_within_its_window_and_fetches(s3_client, settings) -> None:
-    key = f"{settings.prefix}/studies/1/frames/1"
-    s3_client.put_object(Bucket=settings.bucket, Key=key, Body=b"\x01\x02\x03")
-    presigner = Presigner.public(settings.with_overrides(presign_window_seconds=600))
-    now = 1_800_000_000 - 1_800_000_000 % 600  # the start of a window
-    url = presigner.url(key, now=now + 1)
-    assert url == presigner.url(key, now=now + 599)
-    assert url != presigner.url(key, now=now + 600)
-    # A URL signed now is accepted by the store (signatures checked).
-    with urllib.request.urlopen(presigner.url(key)) as response:
-        assert response.read() == b"\x01\x02\x03"
-    forged = Presigner.public(settings.with_overrides(aws_secret_access_key="forged"))
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(forged.url(key))
-    assert caught.value.code == 403
 
 
 def test_presigned_url_uses_the_public_endpoint(settings) -> None:

@@ -1,4 +1,7 @@
-"""The multipart layout: exact length, Cornerstone-parsable, stable boundary; plus ranges and frame lists."""
+"""The multipart layout: exact length, Cornerstone-parsable, stable boundary.
+
+Plus the frame-list and Range parsers.
+"""
 
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ def test_standard_mime_parser_reads_every_part() -> None:
     frames = [bytes(range(256)) * 3, b"\r\n\r\n", b"x" * 7]
     layout = _layout(frames)
     body = layout.render(frames)
-    head = f'Content-Type: multipart/related; type="application/octet-stream"; boundary={layout.boundary}\r\n\r\n'
+    content_type = f'multipart/related; type="application/octet-stream"; boundary={layout.boundary}'
+    head = f"Content-Type: {content_type}\r\n\r\n"
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head.encode() + body)
     parts = list(message.iter_parts())
     assert [p.get_payload(decode=True) for p in parts] == frames
@@ -60,13 +64,16 @@ def test_standard_mime_parser_reads_every_part() -> None:
 def test_boundary_is_stable_and_content_dependent() -> None:
     frames = [b"a", b"b"]
     assert _layout(frames).boundary == _layout(frames).boundary
-    other = MultipartLayout.build(CT, [Part("http://o/f/2", 1, "0" * 64), Part("http://o/f/1", 1, "1" * 64)])
+    other = MultipartLayout.build(
+        CT, [Part("http://o/f/2", 1, "0" * 64), Part("http://o/f/1", 1, "1" * 64)]
+    )
     assert other.boundary != _layout(frames).boundary
-    assert _layout(frames, "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90").boundary != _layout(frames).boundary
+    jp2 = _layout(frames, "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90")
+    assert jp2.boundary != _layout(frames).boundary
 
 
 def test_empty_layout_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one part"):
         MultipartLayout.build(CT, [])
 
 

@@ -200,4 +200,5 @@ def test_content_types() -> None:
     rep = multi(JP2)
     assert rep.response_content_type("B") == 'multipart/related; type="image/jp2"; boundary=B'
     assert rep.part_content_type == f"image/jp2; transfer-syntax={J2K}"
-    assert single(NATIVE).response_content_type() == f"application/octet-stream; transfer-syntax={EVLE}"
+    native = single(NATIVE).response_content_type()
+    assert native == f"application/octet-stream; transfer-syntax={EVLE}"

@@ -13,13 +13,12 @@ import httpx
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from framecdn.embedded_s3 import EmbeddedS3
-from framecdn.framestore.access import access_key, decode_marker
 from framecdn.framestore.config import Settings
-from framecdn.origin.markers import flush_once
 from framecdn.synthetic import write_tomosynthesis
 from tests.origin_fixtures import Expected, RunningOrigin, ingest, run_origin
 
@@ -44,14 +43,21 @@ def module_settings(s3_store: EmbeddedS3) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def instances(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Expected]:
+def instances(
+    module_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Expected]:
     folder = tmp_path_factory.mktemp("origin-data")
     study, series = generate_uid(), generate_uid()
     found: dict[str, Expected] = {}
     for name, seed in (("native", 1), ("native2", 2)):
         write_tomosynthesis(
-            folder / f"{name}.dcm", frames=5, rows=48, columns=40, seed=seed,
-            study_uid=study, series_uid=series,
+            folder / f"{name}.dcm",
+            frames=5,
+            rows=48,
+            columns=40,
+            seed=seed,
+            study_uid=study,
+            series_uid=series,
         )
         found[name] = ingest(folder / f"{name}.dcm", module_settings)
     write_tomosynthesis(folder / "other.dcm", frames=2, rows=8, columns=8, study_uid=study, seed=3)
@@ -87,7 +93,11 @@ def dicomweb(served: RunningOrigin) -> DICOMwebClient:
 def cornerstone_parse(content_type: str, body: bytes) -> tuple[str | None, bytes]:
     """Cornerstone's multipart handling: single part as is, else the first part only."""
     if "multipart" not in content_type:
-        syntax = content_type.split("transfer-syntax=")[1].split(";")[0] if "transfer-syntax=" in content_type else None
+        syntax = (
+            content_type.split("transfer-syntax=")[1].split(";")[0]
+            if "transfer-syntax=" in content_type
+            else None
+        )
         return syntax, body
     boundary = body[: body.index(b"\r\n")]
     header_end = body.index(b"\r\n\r\n")
@@ -106,18 +116,25 @@ def cornerstone_parse(content_type: str, body: bytes) -> tuple[str | None, bytes
 # dicomweb-client ----------------------------------------------------------------
 
 
-def test_dicomweb_client_native_frames(dicomweb: DICOMwebClient, instances: dict[str, Expected]) -> None:
+def test_dicomweb_client_native_frames(
+    dicomweb: DICOMwebClient, instances: dict[str, Expected]
+) -> None:
     inst = instances["native"]
     got = dicomweb.retrieve_instance_frames(inst.study, inst.series, inst.sop, frame_numbers=[2])
     assert got == [inst.frames[1]]
     got = dicomweb.retrieve_instance_frames(
-        inst.study, inst.series, inst.sop, frame_numbers=[5, 1, 3],
+        inst.study,
+        inst.series,
+        inst.sop,
+        frame_numbers=[5, 1, 3],
         media_types=(("application/octet-stream", EVLE),),
     )
     assert got == [inst.frames[4], inst.frames[0], inst.frames[2]]
 
 
-@pytest.mark.parametrize(("name", "media"), [("jp2", "image/jp2"), ("rle", "image/dicom-rle"), ("jls", "image/jls")])
+@pytest.mark.parametrize(
+    ("name", "media"), [("jp2", "image/jp2"), ("rle", "image/dicom-rle"), ("jls", "image/jls")]
+)
 def test_dicomweb_client_compressed_frames(
     dicomweb: DICOMwebClient, instances: dict[str, Expected], name: str, media: str
 ) -> None:
@@ -131,10 +148,15 @@ def test_dicomweb_client_compressed_frames(
     assert got == [inst.frames[2]]
 
 
-def test_dicomweb_client_all_frames_of_lossy_jp2(dicomweb: DICOMwebClient, instances: dict[str, Expected]) -> None:
+def test_dicomweb_client_all_frames_of_lossy_jp2(
+    dicomweb: DICOMwebClient, instances: dict[str, Expected]
+) -> None:
     inst = instances["jp2_lossy"]
     got = dicomweb.retrieve_instance_frames(
-        inst.study, inst.series, inst.sop, frame_numbers=[1],
+        inst.study,
+        inst.series,
+        inst.sop,
+        frame_numbers=[1],
         media_types=(("image/jp2", "1.2.840.10008.1.2.4.91"),),
     )
     assert got == inst.frames
@@ -215,8 +237,9 @@ def test_ohif_default_accept_on_compressed_frames_gets_the_codestream(
     assert response.status_code == 200
     content_type = response.headers["content-type"]
     assert content_type.startswith('multipart/related; type="application/octet-stream"; boundary=')
-    assert f"Content-Type: application/octet-stream; transfer-syntax={inst.syntax}\r\n".encode() in (
-        response.content
+    assert (
+        f"Content-Type: application/octet-stream; transfer-syntax={inst.syntax}\r\n".encode()
+        in (response.content)
     )
     assert cornerstone_parse(content_type, response.content) == (inst.syntax, inst.frames[2])
 
@@ -229,11 +252,20 @@ def test_cornerstone_compressed_multipart_and_single_part(
     accept = f'multipart/related; type="{inst.index.media_type}"; transfer-syntax=*'
     response = http.get(served.frames_url(inst, "2%2C6"), headers={"Accept": accept})
     assert response.status_code == 200
-    assert cornerstone_parse(response.headers["content-type"], response.content) == (inst.syntax, inst.frames[1])
+    assert cornerstone_parse(response.headers["content-type"], response.content) == (
+        inst.syntax,
+        inst.frames[1],
+    )
     response = http.get(served.frames_url(inst, "6"), headers={"Accept": inst.index.media_type})
     assert response.status_code == 200
-    assert response.headers["content-type"] == f"{inst.index.media_type}; transfer-syntax={inst.syntax}"
-    assert cornerstone_parse(response.headers["content-type"], response.content) == (inst.syntax, inst.frames[5])
+    assert (
+        response.headers["content-type"]
+        == f"{inst.index.media_type}; transfer-syntax={inst.syntax}"
+    )
+    assert cornerstone_parse(response.headers["content-type"], response.content) == (
+        inst.syntax,
+        inst.frames[5],
+    )
 
 
 def test_single_part_octet_stream_is_exact_and_not_gzipped(
@@ -266,7 +298,11 @@ def test_frame_list_in_request_order_with_mime_parser(
     head = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + response.content)
     parts = list(message.iter_parts())
-    assert [p.get_payload(decode=True) for p in parts] == [inst.frames[8], inst.frames[1], inst.frames[4]]
+    assert [p.get_payload(decode=True) for p in parts] == [
+        inst.frames[8],
+        inst.frames[1],
+        inst.frames[4],
+    ]
     assert [p["Content-Location"].rsplit("/", 1)[1] for p in parts] == ["9", "2", "5"]
 
 
@@ -275,11 +311,21 @@ def test_frame_list_in_request_order_with_mime_parser(
 
 @pytest.mark.parametrize(
     ("frames", "reason"),
-    [("0", "positive"), ("1,,2", "positive"), ("a", "positive"), ("2,2", "twice"), ("6", "beyond"),
-     (",".join(map(str, range(1, 14))), "at most 12")],
+    [
+        ("0", "positive"),
+        ("1,,2", "positive"),
+        ("a", "positive"),
+        ("2,2", "twice"),
+        ("6", "beyond"),
+        (",".join(map(str, range(1, 14))), "at most 12"),
+    ],
 )
 def test_bad_frame_lists_are_400(
-    http: httpx.Client, served: RunningOrigin, instances: dict[str, Expected], frames: str, reason: str
+    http: httpx.Client,
+    served: RunningOrigin,
+    instances: dict[str, Expected],
+    frames: str,
+    reason: str,
 ) -> None:
     response = http.get(served.frames_url(instances["native"], frames))
     assert response.status_code == 400
@@ -294,7 +340,9 @@ def test_unknown_instance_is_404_and_bad_uid_400(
     assert http.get(url).status_code == 404
     assert http.get(url.replace("/frames/1", "/metadata")).status_code == 404
     assert http.get(f"{served.root}/studies/1.2.3.999/metadata").status_code == 404
-    assert http.get(f"{served.root}/studies/{inst.study}/series/1.2.999/metadata").status_code == 404
+    assert (
+        http.get(f"{served.root}/studies/{inst.study}/series/1.2.999/metadata").status_code == 404
+    )
     bad = f"{served.root}/studies/{inst.study}/series/{inst.series}/instances/abc/frames/1"
     assert http.get(bad).status_code == 400
 
@@ -308,7 +356,10 @@ def test_unacceptable_is_406_naming_what_is_available(
     assert response.status_code == 406
     body = response.json()
     assert any("image/jp2" in offer and inst.syntax in offer for offer in body["available"])
-    response = http.get(served.frames_url(instances["native"], "1,2"), headers={"Accept": "application/octet-stream"})
+    response = http.get(
+        served.frames_url(instances["native"], "1,2"),
+        headers={"Accept": "application/octet-stream"},
+    )
     assert response.status_code == 406
 
 
@@ -330,7 +381,12 @@ def test_etag_304_range_206_416_and_head(
     # The multipart representation has its own ETag.
     multi = http.get(url, headers={"Accept": OHIF_ACCEPT})
     assert multi.headers["etag"] != etag
-    assert http.get(url, headers={"Accept": OHIF_ACCEPT, "If-None-Match": multi.headers["etag"]}).status_code == 304
+    assert (
+        http.get(
+            url, headers={"Accept": OHIF_ACCEPT, "If-None-Match": multi.headers["etag"]}
+        ).status_code
+        == 304
+    )
     assert http.get(url, headers={"Accept": OHIF_ACCEPT}).content == multi.content  # stable bytes
 
     size = len(inst.frames[2])
@@ -351,10 +407,14 @@ def test_etag_304_range_206_416_and_head(
     assert head.headers["content-length"] == str(size)
     assert head.content == b""
     head = http.head(served.frames_url(inst, "1,2"))
-    assert head.headers["content-length"] == str(len(http.get(served.frames_url(inst, "1,2")).content))
+    assert head.headers["content-length"] == str(
+        len(http.get(served.frames_url(inst, "1,2")).content)
+    )
 
 
-def test_metadata_etag_and_gzip(http: httpx.Client, served: RunningOrigin, instances: dict[str, Expected]) -> None:
+def test_metadata_etag_and_gzip(
+    http: httpx.Client, served: RunningOrigin, instances: dict[str, Expected]
+) -> None:
     inst = instances["native"]
     url = f"{served.instance_url(inst)}/metadata"
     plain = http.get(url, headers={"Accept-Encoding": "identity"})
@@ -365,7 +425,12 @@ def test_metadata_etag_and_gzip(http: httpx.Client, served: RunningOrigin, insta
     assert zipped.headers["content-encoding"] == "gzip"
     assert zipped.json() == plain.json()  # httpx decodes gzip
     assert isinstance(plain.json(), list) and len(plain.json()) == 1
-    assert http.get(url, headers={"Accept-Encoding": "identity", "If-None-Match": plain.headers["etag"]}).status_code == 304
+    assert (
+        http.get(
+            url, headers={"Accept-Encoding": "identity", "If-None-Match": plain.headers["etag"]}
+        ).status_code
+        == 304
+    )
     assert http.get(url, headers={"Accept": "image/png"}).status_code == 406
 
 
@@ -383,43 +448,55 @@ def test_cors_preflight_and_simple_response(
     )
     assert 200 <= response.status_code < 300
     assert response.headers["access-control-allow-origin"] == "*"
-    allowed = {h.strip().lower() for h in response.headers["access-control-allow-headers"].split(",")}
+    allowed = {
+        h.strip().lower() for h in response.headers["access-control-allow-headers"].split(",")
+    }
     assert {"authorization", "accept", "range"} <= allowed
-    exposed = {h.strip().lower() for h in response.headers["access-control-expose-headers"].split(",")}
+    exposed = {
+        h.strip().lower() for h in response.headers["access-control-expose-headers"].split(",")
+    }
     assert {"content-range", "content-location", "etag"} <= exposed
     assert int(response.headers["access-control-max-age"]) > 0
     got = http.get(url, headers={"Origin": "https://viewer.example", "Accept": OHIF_ACCEPT})
     assert got.headers["access-control-allow-origin"] == "*"
 
 
-def test_health_ready_metrics_and_access_markers(
-    http: httpx.Client, served: RunningOrigin, instances: dict[str, Expected], s3_client, module_settings: Settings
+def counter(metrics_text: str, name: str, **labels: str) -> float:
+    """One sample of the Prometheus text (0 when the labelled series is not there yet)."""
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def test_health_ready_and_metrics(
+    module_settings: Settings, instances: dict[str, Expected]
 ) -> None:
-    import asyncio
-
-    assert http.get(f"{served.base}/healthz").json() == {"status": "ok"}
-    assert http.get(f"{served.base}/readyz").status_code == 200
-    http.get(served.frames_url(instances["native"], "1"))
-    metrics = http.get(f"{served.base}/metrics").text
-    assert 'framecdn_requests_total{mode="stream",route="frames",status="200"}' in metrics
-    assert "framecdn_request_seconds_bucket" in metrics
-    assert 'framecdn_instance_lookups_total{result="hit"}' in metrics
-    assert 'framecdn_instance_lookups_total{result="miss"}' in metrics
-    assert "framecdn_response_bytes_total" in metrics
-    # Access markers: written by the flush, one per study read.
-    origin = served.origin
-    asyncio.run(flush_once_in_fresh_store(origin, module_settings))
-    key = access_key(origin.layout, instances["native"].study)
-    body = s3_client.get_object(Bucket=module_settings.bucket, Key=key)["Body"].read()
-    assert decode_marker(body)[0] == instances["native"].study
-
-
-async def flush_once_in_fresh_store(origin, settings: Settings) -> None:
-    """Flush the app's recorder through a store bound to this event loop."""
-    from framecdn.origin.storage import ObjectStore
-
-    store = ObjectStore(settings)
-    try:
-        assert await flush_once(store, origin.layout, origin.recorder) >= 1
-    finally:
-        await store.aclose()
+    """Its own origin, its own miss; a response read in full is counted at once, every time."""
+    inst = instances["native"]
+    with run_origin(module_settings) as served, httpx.Client(timeout=30) as http:
+        assert http.get(f"{served.base}/healthz").json() == {"status": "ok"}
+        assert http.get(f"{served.base}/readyz").status_code == 200
+        missing = served.frames_url(inst, "1").replace(inst.sop, "1.2.3.999")
+        not_found = http.get(missing)
+        assert not_found.status_code == 404
+        frame_url = served.frames_url(inst, "1")
+        frames_ok = {"route": "frames", "mode": "stream", "status": "200"}
+        for served_count in range(1, 31):
+            assert http.get(frame_url).status_code == 200
+            metrics = http.get(f"{served.base}/metrics").text  # immediately
+            assert counter(metrics, "framecdn_requests_total", **frames_ok) == served_count
+        assert counter(metrics, "framecdn_instance_lookups_total", result="miss") == 1
+        assert counter(metrics, "framecdn_instance_lookups_total", result="hit") == 30
+        assert (
+            counter(metrics, "framecdn_requests_total", route="frames", mode="stream", status="404")
+            == 1
+        )
+        body = counter(metrics, "framecdn_response_bytes_total", route="frames", mode="stream")
+        assert body == 30 * int(http.head(frame_url).headers["content-length"]) + len(
+            not_found.content
+        )
+        assert (
+            counter(metrics, "framecdn_request_seconds_count", route="frames", mode="stream") == 31
+        )

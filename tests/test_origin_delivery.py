@@ -6,21 +6,21 @@ real (a closed port, a socket that never answers); eviction is a real delete.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import KeyLayout
 from framecdn.ingest.pipeline import ingest_file
 from framecdn.synthetic import write_tomosynthesis
-from tests.origin_fixtures import Expected, free_port, ingest, run_origin
+from tests.origin_fixtures import Expected, free_port, hung_server, ingest, run_origin
 
 SINGLE = {"Accept": "application/octet-stream"}
 OHIF_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax="*"'
@@ -75,7 +75,9 @@ def test_redirect_mode_presigned_url_is_checked_stable_and_correct(
         assert 'mode="redirect",route="frames",status="307"' in metrics
 
 
-def test_accel_mode_hands_nginx_a_signed_internal_path(module_settings: Settings, big: Expected) -> None:
+def test_accel_mode_hands_nginx_a_signed_internal_path(
+    module_settings: Settings, big: Expected
+) -> None:
     settings = module_settings.with_overrides(delivery="accel")
     with run_origin(settings) as served, httpx.Client(timeout=30) as http:
         response = http.get(frames_url(served.root, big, "3"), headers=SINGLE)
@@ -83,7 +85,9 @@ def test_accel_mode_hands_nginx_a_signed_internal_path(module_settings: Settings
         assert response.content == b""
         target = response.headers["x-accel-redirect"]
         assert target.startswith("/_framecdn_s3/")
-        assert response.headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+        assert response.headers["content-type"] == (
+            "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+        )
         assert response.headers["etag"]
         # What nginx's `proxy_pass http://<s3>/;` in the internal location would fetch:
         s3_url = settings.s3_endpoint + "/" + target.removeprefix("/_framecdn_s3/")
@@ -108,31 +112,8 @@ def test_s3_unreachable_is_503_with_retry_after(module_settings: Settings, big: 
 
 @pytest.fixture
 def black_hole() -> Iterator[str]:
-    """A TCP server that accepts connections and never answers (a hung S3)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(2)
-        for conn in held:
-            conn.close()
-        server.close()
+    with hung_server() as url:
+        yield url
 
 
 def test_s3_hanging_is_504_within_the_read_timeout(
@@ -159,15 +140,14 @@ def test_half_evicted_instance(module_settings: Settings, tmp_path, s3_client) -
         assert http.get(frames_url(served.root, inst, "1,2,3,4")).status_code == 200  # index cached
         s3_client.delete_object(Bucket=module_settings.bucket, Key=layout.frame(inst.index.key, 3))
         # A list whose third part is gone: the body is cut, never completed.
-        with pytest.raises(httpx.HTTPError):
-            response = http.get(frames_url(served.root, inst, "1,2,3,4"))
-            # Should the transport not notice, the body must at least not be complete.
-            assert len(response.content) < int(response.headers["content-length"])
-            raise httpx.RemoteProtocolError("short body")
+        with pytest.raises(httpx.RemoteProtocolError):  # the transport sees a short body
+            http.get(frames_url(served.root, inst, "1,2,3,4"))
         # From then on the whole instance is absent, although its index is still in the
         # bucket and frames 1, 2 and 4 still exist: the stale index is ignored.
         for frames in ("3", "1", "4", "1,2"):
-            assert http.get(frames_url(served.root, inst, frames), headers=SINGLE if "," not in frames else {}).status_code == 404, frames
+            headers = SINGLE if "," not in frames else {}
+            answer = http.get(frames_url(served.root, inst, frames), headers=headers)
+            assert answer.status_code == 404, frames
         metadata_url = frames_url(served.root, inst, "1").replace("/frames/1", "/metadata")
         assert http.get(metadata_url).status_code == 404
         assert layout.index(inst.index.key) in [
@@ -185,20 +165,21 @@ def _active_s3_connections(served) -> int:
     return served.origin.store.active_streams
 
 
-def test_client_disconnect_releases_the_s3_connection(module_settings: Settings, big: Expected) -> None:
+def test_client_disconnect_releases_the_s3_connection(
+    module_settings: Settings, big: Expected
+) -> None:
     with run_origin(module_settings) as served:
         url = frames_url(served.root, big, ",".join(str(n) for n in range(1, 25)))
-        with httpx.Client(timeout=30) as http:
-            with http.stream("GET", url) as response:
-                assert response.status_code == 200
-                iterator = response.iter_raw(65536)
-                next(iterator)
-                # Mid-stream the origin holds S3 streams (between two frames, for a moment,
-                # only a prefetch still opening: so look for a little while).
-                deadline = time.monotonic() + 5
-                while not _active_s3_connections(served) and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                assert _active_s3_connections(served) >= 1
+        with httpx.Client(timeout=30) as http, http.stream("GET", url) as response:
+            assert response.status_code == 200
+            iterator = response.iter_raw(65536)
+            next(iterator)
+            # Mid-stream the origin holds S3 streams (between two frames, for a moment,
+            # only a prefetch still opening: so look for a little while).
+            deadline = time.monotonic() + 5
+            while not _active_s3_connections(served) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _active_s3_connections(served) >= 1
             # Leaving the block without reading the body closes our connection.
         deadline = time.monotonic() + 10
         while _active_s3_connections(served) and time.monotonic() < deadline:
@@ -206,11 +187,47 @@ def test_client_disconnect_releases_the_s3_connection(module_settings: Settings,
         assert _active_s3_connections(served) == 0
 
 
+class BodyWrites:
+    """ASGI wrapper: the size of every body message the origin hands the server, per path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.sizes: dict[str, list[int]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sizes = self.sizes.setdefault(scope["path"], [])
+
+        async def recording_send(message: Message) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                sizes.append(len(message["body"]))
+            await send(message)
+
+        await self.app(scope, receive, recording_send)
+
+
 def test_streaming_is_chunked_not_buffered(module_settings: Settings, big: Expected) -> None:
-    """The first bytes of a 2 MiB frame arrive before the origin could have read it whole."""
-    with run_origin(module_settings) as served, httpx.Client(timeout=30) as http:
-        url = frames_url(served.root, big, "1,2,3,4,5,6")
-        with http.stream("GET", url) as response:
-            sizes = [len(chunk) for chunk in response.iter_raw()]
-        assert sum(sizes) == int(response.headers["content-length"])
-        assert len(sizes) > 6  # many writes, not one buffered body per frame
+    """The origin writes each 2 MiB frame in chunk-sized pieces, never a frame at once."""
+    writes: list[BodyWrites] = []
+
+    def watch(app: ASGIApp) -> ASGIApp:
+        writes.append(BodyWrites(app))
+        return writes[0]
+
+    chunk = module_settings.stream_chunk_bytes
+    with run_origin(module_settings, wrap=watch) as served, httpx.Client(timeout=30) as http:
+        multi = http.get(frames_url(served.root, big, "1,2,3,4,5,6"))
+        single = http.get(frames_url(served.root, big, "7"), headers=SINGLE)
+    assert multi.status_code == 200 and single.status_code == 200
+    assert single.content == big.frames[6]
+    multi_writes = writes[0].sizes[urlsplit(str(multi.url)).path]
+    single_writes = writes[0].sizes[urlsplit(str(single.url)).path]
+    assert sum(multi_writes) == len(multi.content)
+    assert sum(single_writes) == len(big.frames[6])
+    part_head = 512  # boundary, Content-Type and Content-Location of one part
+    assert max(multi_writes) <= chunk + part_head
+    assert max(single_writes) <= chunk
+    assert len(multi_writes) >= sum(len(f) for f in big.frames[:6]) // chunk
+    assert len(single_writes) >= len(big.frames[6]) // chunk

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from framecdn.cli import build_parser
-from framecdn.framestore.config import ENVIRONMENT
+from framecdn.framestore.config import ENVIRONMENT, environment_table
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -13,6 +13,16 @@ README = (Path(__file__).parent.parent / "README.md").read_text()
 def test_readme_lists_every_environment_variable() -> None:
     missing = [variable for variable in ENVIRONMENT if f"`{variable}`" not in README]
     assert missing == []
+
+
+def test_readme_configuration_table_is_the_generated_one() -> None:
+    """Defaults and descriptions come from config.py alone; the README copies the table."""
+    assert environment_table() in README
+
+
+def test_undocumented_settings_stay_out_of_the_readme() -> None:
+    assert "FRAMECDN_UPSTREAM_URL" not in ENVIRONMENT
+    assert "FRAMECDN_UPSTREAM_URL" not in README
 
 
 def test_readme_lists_every_subcommand() -> None:

@@ -1,65 +1,315 @@
 """All of framecdn's configuration, in one place.
 
-Every setting has an environment variable (``FRAMECDN_*`` plus the standard
-``AWS_*``); the CLI's flags override them. The README's configuration table is
-generated from :data:`ENVIRONMENT` so the two never disagree.
+Every setting is one field of :class:`Settings`, declared with :func:`setting`::
+
+    port: int = setting("FRAMECDN_PORT", 8080, "Origin port.", check=between(1, 65535))
+
+That line is the whole truth about the setting: its environment variable, its
+default, what it means and which values are allowed. Everything else is derived
+from it: :meth:`Settings.from_env` reads the variables, :func:`environment_table`
+renders the README's table and :func:`describe` the CLI's help, both appending the
+field's default -- so a description never states the default itself.
+
+To add a setting, add such a field (to the section it belongs to) and regenerate the
+README table. ``documented=False`` keeps a variable out of the README and ``--help``
+until something reads it; ``secret=True`` keeps a value out of ``repr()``.
+
+Values are checked whenever a :class:`Settings` is built (from the environment, from
+flags or in code): a bad one raises :class:`~framecdn.errors.ConfigError` naming the
+variable. Nothing is silently clamped. Booleans are ``1/true/yes/on`` or
+``0/false/no/off``; lists are comma-separated; an empty variable counts as unset.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
-from typing import Any
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields, replace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from framecdn.errors import ConfigError
+
+T = TypeVar("T")
+
+#: A check returns None when the value is acceptable, else what is wrong with it.
+Check = Callable[[Any], str | None]
 
 DELIVERY_MODES = ("stream", "redirect", "accel")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+#: Today's S3 rules are stricter (3-63, lower case), but older AWS buckets may hold
+#: capitals and underscores; anything outside this set cannot be a bucket anywhere.
+_BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
+_MAX_PRESIGN_WINDOW = 7 * 24 * 3600 // 2  # a URL lives two windows; SigV4 allows 7 days
+
+
+def setting(
+    env: str,
+    default: T,
+    help: str,
+    *,
+    check: Check | None = None,
+    documented: bool = True,
+    secret: bool = False,
+) -> T:
+    """A :class:`Settings` field read from ``env``, described by ``help`` (no default in it)."""
+    metadata = {"env": env, "help": help, "check": check, "documented": documented}
+    return field(default=default, repr=not secret, metadata=metadata)
+
+
+# Checks ------------------------------------------------------------------------------
+
+
+def at_least(minimum: float) -> Check:
+    return lambda value: None if value >= minimum else f"must be at least {minimum}"
+
+
+def between(low: float, high: float) -> Check:
+    return lambda value: None if low <= value <= high else f"must be between {low} and {high}"
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def one_of(*choices: str) -> Check:
+    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
+
+
+def http_url(value: str | None) -> str | None:
+    """``http(s)://host[:port][/path]``; None (unset) passes."""
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if parts.query or parts.fragment:
+        return "must not have a query or fragment"
+    return None
+
+
+def url_path(value: str) -> str | None:
+    """An absolute URL path (``/x``) or empty."""
+    return None if value == "" or value.startswith("/") else "must be empty or start with /"
+
+
+def cors_origins(values: tuple[str, ...]) -> str | None:
+    bad = [v for v in values if v != "*" and http_url(v) is not None]
+    return f"has entries that are neither * nor http(s) origins: {', '.join(bad)}" if bad else None
+
+
+def bucket_name(value: str) -> str | None:
+    if _BUCKET_NAME.fullmatch(value):
+        return None
+    return "is not a bucket name (letters, digits, dots, hyphens, underscores; 3 or more)"
+
+
+def non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+# Settings ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """Every setting of framecdn (storage, origin, ingest); see the module docstring."""
+
     # Storage
-    s3_endpoint: str | None = None
-    s3_public_endpoint: str | None = None
-    bucket: str = "framecdn"
-    prefix: str = ""
-    aws_access_key_id: str | None = None
-    aws_secret_access_key: str | None = None
-    aws_region: str = "us-east-1"
-    s3_max_connections: int = 64
-    s3_connect_timeout: float = 3.0
-    s3_read_timeout: float = 15.0
+    s3_endpoint: str | None = setting(
+        "FRAMECDN_S3_ENDPOINT", None,
+        "Internal S3 URL (`http(s)://host[:port]`); unset means AWS S3 in `AWS_REGION`.",
+        check=http_url,
+    )
+    s3_public_endpoint: str | None = setting(
+        "FRAMECDN_S3_PUBLIC_ENDPOINT", None,
+        "S3 URL clients reach, used to sign redirects; unset means the internal endpoint.",
+        check=http_url,
+    )
+    bucket: str = setting(
+        "FRAMECDN_BUCKET", "framecdn", "Bucket holding the frames.", check=bucket_name
+    )
+    prefix: str = setting("FRAMECDN_PREFIX", "", "Key prefix, e.g. one per clinic.")
+    aws_access_key_id: str | None = setting(
+        "AWS_ACCESS_KEY_ID", None,
+        "S3 access key; unset means boto3's credential chain (profile, instance role).",
+    )
+    aws_secret_access_key: str | None = setting(
+        "AWS_SECRET_ACCESS_KEY", None, "S3 secret key (with `AWS_ACCESS_KEY_ID`).", secret=True
+    )
+    aws_region: str = setting(
+        "AWS_REGION", "us-east-1", "S3 region, also the signing region.", check=non_empty
+    )
+    s3_max_connections: int = setting(
+        "FRAMECDN_S3_MAX_CONNECTIONS", 64, "S3 connection pool size per process.",
+        check=at_least(1),
+    )
+    s3_connect_timeout: float = setting(
+        "FRAMECDN_S3_CONNECT_TIMEOUT", 3.0,
+        "Seconds to connect to S3 (or wait for a free connection) before answering 503.",
+        check=positive,
+    )
+    s3_read_timeout: float = setting(
+        "FRAMECDN_S3_READ_TIMEOUT", 15.0,
+        "Seconds to wait for S3's answer, and then for each piece of a body, before 504.",
+        check=positive,
+    )
+    s3_keepalive_seconds: float = setting(
+        "FRAMECDN_S3_KEEPALIVE", 30.0, "Seconds an idle S3 connection stays in the pool.",
+        check=positive,
+    )
     # Origin
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
-    root_path: str = "/dicom-web"
-    delivery: str = "stream"
-    upstream_url: str | None = None
-    cors_origins: tuple[str, ...] = ("*",)
-    frame_cache_control: str = "public, max-age=31536000, immutable"
-    metadata_cache_control: str = "public, max-age=300"
-    max_frames_per_request: int = 256
-    presign_window_seconds: int = 3600
-    accel_location: str = "/_framecdn_s3/"
-    frame_prefetch: int = 4
-    stream_chunk_bytes: int = 262144
-    public_url: str | None = None
+    host: str = setting("FRAMECDN_HOST", "127.0.0.1", "Origin bind address.", check=non_empty)
+    port: int = setting("FRAMECDN_PORT", 8080, "Origin port.", check=between(1, 65535))
+    workers: int = setting("FRAMECDN_WORKERS", 1, "Origin worker processes.", check=at_least(1))
+    root_path: str = setting(
+        "FRAMECDN_ROOT_PATH", "/dicom-web", "DICOMweb root path.", check=url_path
+    )
+    delivery: str = setting(
+        "FRAMECDN_DELIVERY", "stream",
+        "How single frames leave the origin: `stream`, `redirect` (307 to S3) or `accel` "
+        "(nginx X-Accel-Redirect).",
+        check=one_of(*DELIVERY_MODES),
+    )
+    upstream_url: str | None = setting(
+        "FRAMECDN_UPSTREAM_URL", None, "DICOMweb root to fall back to on a miss.",
+        check=http_url, documented=False,  # nothing reads it yet (origin/upstream.py)
+    )
+    cors_origins: tuple[str, ...] = setting(
+        "FRAMECDN_CORS_ORIGINS", ("*",), "Comma-separated allowed origins.", check=cors_origins
+    )
+    frame_cache_control: str = setting(
+        "FRAMECDN_FRAME_CACHE_CONTROL", "public, max-age=31536000, immutable",
+        "Cache-Control of frames.",
+    )
+    metadata_cache_control: str = setting(
+        "FRAMECDN_METADATA_CACHE_CONTROL", "public, max-age=300", "Cache-Control of metadata."
+    )
+    max_frames_per_request: int = setting(
+        "FRAMECDN_MAX_FRAMES_PER_REQUEST", 256, "Most frames one request may list.",
+        check=at_least(1),
+    )
+    presign_window_seconds: int = setting(
+        "FRAMECDN_PRESIGN_WINDOW", 3600,
+        "Redirect and accel URLs are signed per window of this many seconds (stable within "
+        "one, valid for two).",
+        check=between(1, _MAX_PRESIGN_WINDOW),
+    )
+    accel_location: str = setting(
+        "FRAMECDN_ACCEL_LOCATION", "/_framecdn_s3/", "nginx internal location for `accel`.",
+        check=lambda v: url_path(v) if v else "must not be empty",
+    )
+    frame_prefetch: int = setting(
+        "FRAMECDN_FRAME_PREFETCH", 4,
+        "Frames of a list the origin fetches from S3 concurrently.", check=at_least(1),
+    )
+    stream_chunk_bytes: int = setting(
+        "FRAMECDN_STREAM_CHUNK_BYTES", 262144, "Bytes the origin forwards per write.",
+        check=between(64 * 1024, 16 * 1024 * 1024),
+    )
+    public_url: str | None = setting(
+        "FRAMECDN_PUBLIC_URL", None,
+        "Origin URL clients use (`https://host[:port]`), for BulkDataURI and "
+        "Content-Location; unset means each request's Host.",
+        check=http_url,
+    )
+    index_cache_seconds: float = setting(
+        "FRAMECDN_INDEX_CACHE_SECONDS", 600.0,
+        "Seconds the origin keeps an instance's index in memory.", check=at_least(0),
+    )
+    index_cache_entries: int = setting(
+        "FRAMECDN_INDEX_CACHE_ENTRIES", 20000, "Instance indexes kept in memory.",
+        check=at_least(1),
+    )
+    stale_index_seconds: float = setting(
+        "FRAMECDN_STALE_INDEX_SECONDS", 86400.0,
+        "Seconds the origin ignores the index of an instance found half evicted.",
+        check=positive,
+    )
+    metadata_cache_seconds: float = setting(
+        "FRAMECDN_METADATA_CACHE_SECONDS", 600.0,
+        "Seconds the origin keeps an instance's DICOM JSON in memory.", check=at_least(0),
+    )
+    metadata_cache_entries: int = setting(
+        "FRAMECDN_METADATA_CACHE_ENTRIES", 4096, "Instance DICOM JSON objects kept in memory.",
+        check=at_least(1),
+    )
+    metadata_listing_seconds: float = setting(
+        "FRAMECDN_METADATA_LISTING_SECONDS", 10.0,
+        "Seconds a rendered series/study metadata answer is reused (new instances show up "
+        "after at most this long).",
+        check=at_least(0),
+    )
+    metadata_listing_entries: int = setting(
+        "FRAMECDN_METADATA_LISTING_ENTRIES", 1024, "Rendered metadata answers kept in memory.",
+        check=at_least(1),
+    )
+    metadata_fetch_concurrency: int = setting(
+        "FRAMECDN_METADATA_FETCH_CONCURRENCY", 16,
+        "Instance metadata objects one series/study request reads from S3 at once.",
+        check=at_least(1),
+    )
+    internal_presign_seconds: int = setting(
+        "FRAMECDN_INTERNAL_PRESIGN_WINDOW", 300,
+        "Signing window of the origin's own S3 GET URLs (cached per key for one window).",
+        check=between(1, _MAX_PRESIGN_WINDOW),
+    )
+    url_cache_entries: int = setting(
+        "FRAMECDN_URL_CACHE_ENTRIES", 65536, "Signed internal URLs kept in memory.",
+        check=at_least(1),
+    )
+    access_flush_seconds: float = setting(
+        "FRAMECDN_ACCESS_FLUSH_SECONDS", 60.0,
+        "How often the origin writes the access markers that are due.", check=positive,
+    )
+    access_marker_seconds: float = setting(
+        "FRAMECDN_ACCESS_MARKER_SECONDS", 3600.0,
+        "A study's access marker is rewritten at most once per this many seconds.",
+        check=at_least(0),
+    )
+    retry_after_seconds: int = setting(
+        "FRAMECDN_RETRY_AFTER", 5, "Retry-After of 502/503/504 answers.", check=at_least(1)
+    )
     # Ingest
-    ingest_workers: int = 8
-    ingest_memory_mb: int = 64
+    ingest_workers: int = setting(
+        "FRAMECDN_INGEST_WORKERS", 8, "Parallel uploads during ingest.", check=at_least(1)
+    )
+    ingest_memory_mb: int = setting(
+        "FRAMECDN_INGEST_MEMORY_MB", 64,
+        "Frame bytes (MiB) ingest holds in memory at once; one frame always fits.",
+        check=at_least(1),
+    )
 
     def __post_init__(self) -> None:
-        if self.delivery not in DELIVERY_MODES:
-            raise ValueError(
-                f"delivery must be one of {', '.join(DELIVERY_MODES)}, got {self.delivery!r}"
-            )
-        if self.s3_max_connections < 1 or self.ingest_workers < 1:
-            raise ValueError("connection and worker counts must be at least 1")
+        hints = _type_hints()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            problem = _type_problem(value, hints[f.name])
+            check = f.metadata.get("check")
+            if problem is None and check is not None and value is not None:
+                problem = check(value)
+            if problem is not None:
+                raise ConfigError(f"{f.metadata['env']}={_show(value, f)} {problem}")
 
     @property
-    def public_endpoint(self) -> str | None:
+    def internal_endpoint(self) -> str:
+        """The S3 URL the origin and ingest talk to (AWS S3 of the region when unset)."""
+        endpoint = self.s3_endpoint or f"https://s3.{self.aws_region}.amazonaws.com"
+        return endpoint.rstrip("/")
+
+    @property
+    def public_endpoint(self) -> str:
         """The S3 URL clients reach (presigned redirects are signed for this host)."""
-        return self.s3_public_endpoint or self.s3_endpoint
+        return (self.s3_public_endpoint or self.internal_endpoint).rstrip("/")
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given fields replaced; ``None`` values are ignored (unset flags)."""
@@ -67,105 +317,120 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``environ`` (default: the process environment), checked."""
         environ = os.environ if environ is None else environ
-        types = {f.name: f.type for f in fields(cls)}
+        hints = _type_hints()
         values: dict[str, Any] = {}
-        for variable, (name, _) in ENVIRONMENT.items():
+        for f in fields(cls):
+            variable = f.metadata["env"]
             raw = environ.get(variable)
-            if raw is None or raw == "":
+            if raw is None or raw.strip() == "":
                 continue
-            values[name] = _parse(raw, types[name], variable)
+            values[f.name] = parse_value(raw, hints[f.name], variable)
         return cls(**values)
 
 
-def _parse(raw: str, annotation: Any, variable: str) -> Any:
-    text = str(annotation)
-    try:
-        if text.startswith("int"):
-            return int(raw)
-        if text.startswith("float"):
-            return float(raw)
-        if text.startswith("tuple"):
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-    except ValueError as exc:
-        raise ValueError(f"{variable}={raw!r}: {exc}") from None
+# Parsing and rendering ---------------------------------------------------------------
+
+
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """``(type, optional)`` of a field annotation such as ``int`` or ``str | None``."""
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return inner, True
+    return annotation, False
+
+
+def parse_value(raw: str, annotation: Any, variable: str) -> Any:
+    """One environment value as the field's type; raises ConfigError naming ``variable``."""
+    kind, _ = _base_type(annotation)
+    text = raw.strip()
+    if kind is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{variable}={raw!r} is not a boolean (1/true/yes/on or 0/false/no/off)")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{variable}={raw!r} is not a whole number") from None
+    if kind is float:
+        try:
+            number = float(text)
+        except ValueError:
+            raise ConfigError(f"{variable}={raw!r} is not a number") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{variable}={raw!r} is not a finite number")
+        return number
+    if typing.get_origin(kind) is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw
 
 
-#: Environment variable -> (Settings field, description). The README table comes from here.
+def _type_problem(value: Any, annotation: Any) -> str | None:
+    """Why ``value`` does not fit the field's type (values set in code or by flags)."""
+    kind, optional = _base_type(annotation)
+    if value is None:
+        return None if optional else "must be set"
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typing.get_origin(kind) is tuple:
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    else:
+        ok = isinstance(value, kind)
+    return None if ok else f"must be of type {getattr(kind, '__name__', kind)}"
+
+
+def _show(value: Any, f: Field[Any]) -> str:
+    if not f.repr:
+        return "<secret>"
+    return repr(",".join(value) if isinstance(value, tuple) else value)
+
+
+def _default_text(f: Field[Any]) -> str | None:
+    if f.default is None:
+        return None
+    value = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return "empty" if value == "" else f"`{value}`"
+
+
+def _documented() -> list[Field[Any]]:
+    return [f for f in fields(Settings) if f.metadata["documented"]]
+
+
+def describe(name: str) -> str:
+    """A setting's description with its default appended (for ``--help`` texts)."""
+    (f,) = [f for f in fields(Settings) if f.name == name]
+    default = _default_text(f)
+    text = f.metadata["help"].replace("`", "")
+    return f"{text} Default: {default.replace('`', '')}." if default else text
+
+
+#: Documented environment variable -> (Settings field, description): the README table's rows.
 ENVIRONMENT: dict[str, tuple[str, str]] = {
-    "FRAMECDN_S3_ENDPOINT": ("s3_endpoint", "Internal S3 URL (unset: AWS S3)."),
-    "FRAMECDN_S3_PUBLIC_ENDPOINT": (
-        "s3_public_endpoint",
-        "S3 URL clients reach, used to sign redirects (default: the internal endpoint).",
-    ),
-    "FRAMECDN_BUCKET": ("bucket", "Bucket holding the frames (default `framecdn`)."),
-    "FRAMECDN_PREFIX": ("prefix", "Key prefix, e.g. one per clinic (default empty)."),
-    "AWS_ACCESS_KEY_ID": ("aws_access_key_id", "S3 access key."),
-    "AWS_SECRET_ACCESS_KEY": ("aws_secret_access_key", "S3 secret key."),
-    "AWS_REGION": ("aws_region", "S3 region / signing region (default `us-east-1`)."),
-    "FRAMECDN_S3_MAX_CONNECTIONS": (
-        "s3_max_connections",
-        "S3 connection pool size per process (default 64).",
-    ),
-    "FRAMECDN_S3_CONNECT_TIMEOUT": (
-        "s3_connect_timeout",
-        "Seconds to connect to S3 before answering 503 (default 3).",
-    ),
-    "FRAMECDN_S3_READ_TIMEOUT": (
-        "s3_read_timeout",
-        "Seconds to wait for S3 data before answering 504 (default 15).",
-    ),
-    "FRAMECDN_HOST": ("host", "Origin bind address (default `127.0.0.1`)."),
-    "FRAMECDN_PORT": ("port", "Origin port (default 8080)."),
-    "FRAMECDN_WORKERS": ("workers", "Origin worker processes (default 1)."),
-    "FRAMECDN_ROOT_PATH": ("root_path", "DICOMweb root path (default `/dicom-web`)."),
-    "FRAMECDN_DELIVERY": ("delivery", "`stream` (default), `redirect` or `accel`."),
-    "FRAMECDN_UPSTREAM_URL": ("upstream_url", "DICOMweb root to fall back to on a miss."),
-    "FRAMECDN_CORS_ORIGINS": ("cors_origins", "Comma-separated allowed origins (default `*`)."),
-    "FRAMECDN_FRAME_CACHE_CONTROL": (
-        "frame_cache_control",
-        "Cache-Control of frames (default `public, max-age=31536000, immutable`).",
-    ),
-    "FRAMECDN_METADATA_CACHE_CONTROL": (
-        "metadata_cache_control",
-        "Cache-Control of metadata (default `public, max-age=300`).",
-    ),
-    "FRAMECDN_MAX_FRAMES_PER_REQUEST": (
-        "max_frames_per_request",
-        "Most frames one request may list (default 256).",
-    ),
-    "FRAMECDN_PRESIGN_WINDOW": (
-        "presign_window_seconds",
-        "Presigned URLs are stable within windows of this many seconds (default 3600).",
-    ),
-    "FRAMECDN_ACCEL_LOCATION": (
-        "accel_location",
-        "nginx internal location for `accel` delivery (default `/_framecdn_s3/`).",
-    ),
-    "FRAMECDN_FRAME_PREFETCH": (
-        "frame_prefetch",
-        "Frames of a list the origin fetches from S3 concurrently (default 4).",
-    ),
-    "FRAMECDN_STREAM_CHUNK_BYTES": (
-        "stream_chunk_bytes",
-        "Bytes the origin forwards per write when streaming (default 262144).",
-    ),
-    "FRAMECDN_PUBLIC_URL": (
-        "public_url",
-        "Origin URL clients use (`https://host[:port]`), for BulkDataURI and Content-Location "
-        "(default: each request's Host).",
-    ),
-    "FRAMECDN_INGEST_WORKERS": ("ingest_workers", "Parallel uploads during ingest (default 8)."),
-    "FRAMECDN_INGEST_MEMORY_MB": (
-        "ingest_memory_mb",
-        "Frame bytes ingest holds in memory at once (default 64; one frame always fits).",
-    ),
+    f.metadata["env"]: (f.name, f.metadata["help"]) for f in _documented()
 }
 
 
 def environment_table() -> str:
     """The README's configuration table, as Markdown."""
-    rows = ["| Variable | Meaning |", "| --- | --- |"]
-    rows += [f"| `{variable}` | {text} |" for variable, (_, text) in ENVIRONMENT.items()]
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for f in _documented():
+        default = _default_text(f) or "unset"
+        rows.append(f"| `{f.metadata['env']}` | {default} | {f.metadata['help']} |")
     return "\n".join(rows)

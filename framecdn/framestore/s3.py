@@ -1,22 +1,23 @@
 """S3 clients and presigned URLs, configured the same way for ingest and origin.
 
-Presigning is local HMAC. The signing time is bucketed to a window so the URL of a
-frame stays identical for that window and a CDN can cache the redirect target.
+Presigning is local HMAC (:mod:`framecdn.framestore.sigv4`). The signing time is
+bucketed to a window so the URL of a frame stays identical for that window and a CDN
+can cache the redirect target.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 import boto3
-from botocore.auth import SIGV4_TIMESTAMP, S3SigV4QueryAuth
-from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from botocore.credentials import ReadOnlyCredentials
 
+from framecdn.errors import ConfigError
 from framecdn.framestore.config import Settings
+from framecdn.framestore.sigv4 import MAX_EXPIRES, SigningKeys, presign
 
 
 def client_config(settings: Settings, *, max_connections: int | None = None) -> Config:
@@ -34,7 +35,7 @@ def client_config(settings: Settings, *, max_connections: int | None = None) -> 
     )
 
 
-def make_client(settings: Settings, *, max_connections: int | None = None):
+def make_client(settings: Settings, *, max_connections: int | None = None) -> Any:
     """A boto3 S3 client for the internal endpoint. Thread-safe; make one per process."""
     return boto3.session.Session().client(
         "s3",
@@ -46,29 +47,18 @@ def make_client(settings: Settings, *, max_connections: int | None = None):
     )
 
 
-def resolve_credentials(settings: Settings) -> ReadOnlyCredentials:
-    """The credentials presigned URLs are signed with (explicit, or boto3's default chain)."""
+def resolve_credentials(settings: Settings) -> SigningKeys:
+    """The keys requests are signed with (explicit, or boto3's default chain)."""
     if settings.aws_access_key_id and settings.aws_secret_access_key:
-        return ReadOnlyCredentials(settings.aws_access_key_id, settings.aws_secret_access_key, None)
+        return SigningKeys(settings.aws_access_key_id, settings.aws_secret_access_key)
     found = boto3.session.Session().get_credentials()
     if found is None:
-        raise RuntimeError("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-    return found.get_frozen_credentials()
-
-
-class _BucketedQueryAuth(S3SigV4QueryAuth):
-    """SigV4 query signing at a given time instead of now."""
-
-    def __init__(self, credentials, region: str, expires: int, signed_at: datetime) -> None:
-        super().__init__(credentials, "s3", region, expires=expires)
-        self._signed_at = signed_at
-
-    def add_auth(self, request: AWSRequest) -> None:
-        request.context["timestamp"] = self._signed_at.strftime(SIGV4_TIMESTAMP)
-        self._modify_request_before_signing(request)
-        canonical_request = self.canonical_request(request)
-        string_to_sign = self.string_to_sign(request, canonical_request)
-        self._inject_signature_to_request(request, self.signature(string_to_sign, request))
+        raise ConfigError(
+            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or configure boto3's credential chain)"
+        )
+    frozen = found.get_frozen_credentials()
+    return SigningKeys(frozen.access_key, frozen.secret_key, frozen.token)
 
 
 class Presigner:
@@ -82,7 +72,7 @@ class Presigner:
         self,
         endpoint: str,
         bucket: str,
-        credentials: ReadOnlyCredentials,
+        credentials: SigningKeys,
         region: str,
         window_seconds: int = 3600,
     ) -> None:
@@ -93,26 +83,39 @@ class Presigner:
         self.credentials = credentials
         self.region = region
         self.window_seconds = window_seconds
+        self.expires = min(2 * window_seconds, MAX_EXPIRES)
 
     @classmethod
     def public(cls, settings: Settings) -> Presigner:
         """A presigner for the endpoint clients reach (the public one when set)."""
-        endpoint = settings.public_endpoint or f"https://s3.{settings.aws_region}.amazonaws.com"
+        return cls.for_endpoint(settings, settings.public_endpoint)
+
+    @classmethod
+    def internal(cls, settings: Settings, window_seconds: int | None = None) -> Presigner:
+        """A presigner for the endpoint the origin (or nginx beside it) reaches."""
+        return cls.for_endpoint(settings, settings.internal_endpoint, window_seconds)
+
+    @classmethod
+    def for_endpoint(
+        cls, settings: Settings, endpoint: str, window_seconds: int | None = None
+    ) -> Presigner:
         return cls(
             endpoint,
             settings.bucket,
             resolve_credentials(settings),
             settings.aws_region,
-            settings.presign_window_seconds,
+            window_seconds or settings.presign_window_seconds,
         )
 
+    def window(self, now: float) -> int:
+        """The number of the signing window ``now`` falls in."""
+        return int(now) // self.window_seconds
+
     def url(self, key: str, *, now: float | None = None) -> str:
+        """A presigned GET of ``key``, signed at the start of the current window."""
         now = time.time() if now is None else now
-        window_start = int(now) - int(now) % self.window_seconds
-        signed_at = datetime.fromtimestamp(window_start, tz=timezone.utc)
-        expires = min(2 * self.window_seconds, 7 * 24 * 3600)
-        request = AWSRequest(
-            method="GET", url=f"{self.endpoint}/{self.bucket}/{quote(key, safe='/~')}"
+        signed_at = datetime.fromtimestamp(self.window(now) * self.window_seconds, tz=UTC)
+        url = f"{self.endpoint}/{self.bucket}/{quote(key, safe='/~')}"
+        return presign(
+            url, self.credentials, region=self.region, signed_at=signed_at, expires=self.expires
         )
-        _BucketedQueryAuth(self.credentials, self.region, expires, signed_at).add_auth(request)
-        return request.url

@@ -1,68 +1,73 @@
-"""Transfer syntaxes framecdn stores, and the DICOMweb media type of each.
+"""Transfer syntaxes framecdn stores, and the DICOMweb media type of each: the one table.
 
 A frame object holds exactly what a DICOMweb part carries. Native pixel data is
 always stored as Explicit VR Little Endian bytes (the web has no Implicit VR or big
 endian), so every native source syntax maps to ``1.2.840.10008.1.2.1``.
+
+The syntax groups are pydicom's (``pydicom.uid.JPEGTransferSyntaxes`` and friends);
+this module only adds what DICOMweb says about them: the single-part media type of
+each (PS3.18 Table 8.7.3-4/5) and each media type's default syntax. Ingest (what to
+store) and the origin's Accept negotiation (what to answer) both read it from here.
 """
 
 from __future__ import annotations
 
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+from pydicom import uid
+
+IMPLICIT_VR_LITTLE_ENDIAN = str(uid.ImplicitVRLittleEndian)
+EXPLICIT_VR_LITTLE_ENDIAN = str(uid.ExplicitVRLittleEndian)
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = str(uid.DeflatedExplicitVRLittleEndian)
+EXPLICIT_VR_BIG_ENDIAN = str(uid.ExplicitVRBigEndian)
+#: Encapsulated Uncompressed Explicit VR Little Endian (2022; not in pydicom 3.0's groups).
 ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
-DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
-EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 NATIVE_MEDIA_TYPE = "application/octet-stream"
 
-#: Source syntaxes whose Pixel Data is native (not encapsulated).
-NATIVE_SYNTAXES = frozenset(
-    {
-        IMPLICIT_VR_LITTLE_ENDIAN,
-        EXPLICIT_VR_LITTLE_ENDIAN,
-        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-        EXPLICIT_VR_BIG_ENDIAN,
-    }
-)
+#: Source syntaxes whose Pixel Data is native (not encapsulated): pydicom's "uncompressed".
+NATIVE_SYNTAXES = frozenset(str(s) for s in uid.UncompressedTransferSyntaxes)
+
+_JPEG2000_PART2 = frozenset({uid.JPEG2000MCLossless, uid.JPEG2000MC})
+_HTJ2K = frozenset({uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K})
+
+
+def _jpeg2000_media_type(syntax: str) -> str:
+    """pydicom's JPEG 2000 group holds three DICOMweb media types."""
+    if syntax in _HTJ2K:
+        return "image/jphc"
+    if syntax in _JPEG2000_PART2:
+        return "image/jpx"
+    return "image/jp2"
+
 
 #: Encapsulated syntaxes framecdn serves, with their single-part media type (PS3.18 §8.7.3.5).
 ENCAPSULATED_MEDIA_TYPES: dict[str, str] = {
-    "1.2.840.10008.1.2.4.50": "image/jpeg",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.51": "image/jpeg",  # JPEG Extended (Process 2 & 4)
-    "1.2.840.10008.1.2.4.57": "image/jpeg",  # JPEG Lossless, Non-Hierarchical (Process 14)
-    "1.2.840.10008.1.2.4.70": "image/jpeg",  # JPEG Lossless, SV1
-    "1.2.840.10008.1.2.4.80": "image/jls",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81": "image/jls",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90": "image/jp2",  # JPEG 2000 Lossless Only
-    "1.2.840.10008.1.2.4.91": "image/jp2",  # JPEG 2000
-    "1.2.840.10008.1.2.4.92": "image/jpx",  # JPEG 2000 Part 2 Multi-component Lossless
-    "1.2.840.10008.1.2.4.93": "image/jpx",  # JPEG 2000 Part 2 Multi-component
-    "1.2.840.10008.1.2.4.201": "image/jphc",  # HTJ2K Lossless
-    "1.2.840.10008.1.2.4.202": "image/jphc",  # HTJ2K Lossless RPCL
-    "1.2.840.10008.1.2.4.203": "image/jphc",  # HTJ2K
-    "1.2.840.10008.1.2.5": "image/dicom-rle",  # RLE Lossless
-    ENCAPSULATED_UNCOMPRESSED: NATIVE_MEDIA_TYPE,  # Encapsulated Uncompressed Explicit VR LE
-}
-
-#: Every media type a frame can be stored as, each with the syntaxes it may carry.
-MEDIA_TYPE_SYNTAXES: dict[str, frozenset[str]] = {}
-for _uid, _media in ENCAPSULATED_MEDIA_TYPES.items():
-    MEDIA_TYPE_SYNTAXES.setdefault(_media, frozenset())
-    MEDIA_TYPE_SYNTAXES[_media] = MEDIA_TYPE_SYNTAXES[_media] | {_uid}
-MEDIA_TYPE_SYNTAXES[NATIVE_MEDIA_TYPE] = MEDIA_TYPE_SYNTAXES[NATIVE_MEDIA_TYPE] | {
-    EXPLICIT_VR_LITTLE_ENDIAN
+    **{str(s): "image/jpeg" for s in uid.JPEGTransferSyntaxes},
+    **{str(s): "image/jls" for s in uid.JPEGLSTransferSyntaxes},
+    **{str(s): _jpeg2000_media_type(s) for s in uid.JPEG2000TransferSyntaxes},
+    **{str(s): "image/dicom-rle" for s in uid.RLETransferSyntaxes},
+    ENCAPSULATED_UNCOMPRESSED: NATIVE_MEDIA_TYPE,
 }
 
 #: The syntax PS3.18 Table 8.7.3-5 makes the default for each media type.
 DEFAULT_SYNTAX_FOR_MEDIA_TYPE: dict[str, str] = {
     NATIVE_MEDIA_TYPE: EXPLICIT_VR_LITTLE_ENDIAN,
-    "image/jpeg": "1.2.840.10008.1.2.4.50",
-    "image/jls": "1.2.840.10008.1.2.4.80",
-    "image/jp2": "1.2.840.10008.1.2.4.90",
-    "image/jpx": "1.2.840.10008.1.2.4.92",
-    "image/jphc": "1.2.840.10008.1.2.4.201",
-    "image/dicom-rle": "1.2.840.10008.1.2.5",
+    "image/jpeg": str(uid.JPEGBaseline8Bit),
+    "image/jls": str(uid.JPEGLSLossless),
+    "image/jp2": str(uid.JPEG2000Lossless),
+    "image/jpx": str(uid.JPEG2000MCLossless),
+    "image/jphc": str(uid.HTJ2KLossless),
+    "image/dicom-rle": str(uid.RLELossless),
 }
+
+#: Legacy spellings of media types some clients (dicomweb-client) still send.
+MEDIA_TYPE_ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
+
+#: Every media type a frame can be stored as, each with the syntaxes it may carry.
+MEDIA_TYPE_SYNTAXES: dict[str, frozenset[str]] = {
+    media: frozenset(s for s, m in ENCAPSULATED_MEDIA_TYPES.items() if m == media)
+    for media in DEFAULT_SYNTAX_FOR_MEDIA_TYPE
+}
+MEDIA_TYPE_SYNTAXES[NATIVE_MEDIA_TYPE] |= {EXPLICIT_VR_LITTLE_ENDIAN}
 
 
 class UnsupportedTransferSyntax(ValueError):

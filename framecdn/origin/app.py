@@ -22,6 +22,7 @@ from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import KeyLayout
 from framecdn.origin.cors import CORSMiddleware
 from framecdn.origin.delivery import Delivery
+from framecdn.origin.errors import unexpected_error
 from framecdn.origin.frames import frames_endpoint
 from framecdn.origin.health import healthz, readyz
 from framecdn.origin.instances import InstanceIndexes
@@ -31,8 +32,6 @@ from framecdn.origin.metrics import Metrics, MetricsMiddleware
 from framecdn.origin.storage import ObjectStore
 from framecdn.origin.upstream import Upstream
 from framecdn.origin.urls import normalise_root
-
-ACCESS_FLUSH_INTERVAL = 60.0
 
 
 class Origin:
@@ -44,12 +43,12 @@ class Origin:
         self.layout = KeyLayout(settings.prefix)
         self.metrics = Metrics()
         self.store = ObjectStore(settings)
-        self.indexes = InstanceIndexes(self.store, self.layout, self.metrics, upstream)
+        self.indexes = InstanceIndexes(settings, self.store, self.layout, self.metrics, upstream)
         self.metadata = MetadataService(self)
         self.delivery = Delivery(settings)
-        self.recorder = AccessRecorder()
-        self.prefetch = max(1, settings.frame_prefetch)
-        self.chunk_size = max(64 * 1024, settings.stream_chunk_bytes)
+        self.recorder = AccessRecorder(settings.access_marker_seconds)
+        self.prefetch = settings.frame_prefetch
+        self.chunk_size = settings.stream_chunk_bytes
 
     async def aclose(self) -> None:
         await self.store.aclose()
@@ -57,7 +56,8 @@ class Origin:
 
 def _routes(origin: Origin) -> list[Route]:
     root = origin.root
-    instance = root + "/studies/{study}/series/{series}/instances/{instance}"
+    series = root + "/studies/{study}/series/{series}"
+    instance = series + "/instances/{instance}"
     methods = ["GET", "HEAD"]
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -66,7 +66,7 @@ def _routes(origin: Origin) -> list[Route]:
     return [
         Route(instance + "/frames/{frames}", frames_endpoint, methods=methods),
         Route(instance + "/metadata", metadata_endpoint, methods=methods),
-        Route(root + "/studies/{study}/series/{series}/metadata", metadata_endpoint, methods=methods),
+        Route(series + "/metadata", metadata_endpoint, methods=methods),
         Route(root + "/studies/{study}/metadata", metadata_endpoint, methods=methods),
         Route("/healthz", healthz, methods=methods),
         Route("/readyz", readyz, methods=methods),
@@ -81,7 +81,9 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Starl
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         flusher = asyncio.create_task(
-            flush_forever(origin.store, origin.layout, origin.recorder, ACCESS_FLUSH_INTERVAL)
+            flush_forever(
+                origin.store, origin.layout, origin.recorder, settings.access_flush_seconds
+            )
         )
         try:
             yield
@@ -91,11 +93,16 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Starl
                 await flusher
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
-                    flush_once(origin.store, origin.layout, origin.recorder), timeout=5
+                    flush_once(origin.store, origin.layout, origin.recorder),
+                    timeout=settings.s3_connect_timeout + settings.s3_read_timeout,
                 )
             await origin.aclose()
 
-    app = Starlette(routes=_routes(origin), lifespan=lifespan)
+    app = Starlette(
+        routes=_routes(origin),
+        lifespan=lifespan,
+        exception_handlers={Exception: unexpected_error},
+    )
     app.state.origin = origin
     # The middleware added last is the outermost: metrics also count CORS preflights.
     app.add_middleware(CORSMiddleware, origins=settings.cors_origins)

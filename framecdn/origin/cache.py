@@ -54,19 +54,32 @@ class TTLCache(Generic[K, V]):
         self._data.pop(key, None)
 
     async def get_or_load(self, key: K, load: Callable[[], Awaitable[V | None]]) -> V | None:
-        """The cached value, or ``load()``'s (None results are not cached)."""
+        """The cached value, or ``load()``'s (None results and failures are not cached).
+
+        Concurrent callers for one key share a single ``load()``: they all get its
+        value or its exception. If the caller running the load is cancelled (its
+        client went away), the others do not inherit the cancellation: one of them
+        loads again.
+        """
         value = self.get(key)
         if value is not None:
             self.hits += 1
             return value
         self.misses += 1
-        pending = self._loading.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
+        while (pending := self._loading.get(key)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled() or _being_cancelled():
+                    raise
+                # the loader was cancelled, not us: try again
         future: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
         self._loading[key] = future
         try:
             value = await load()
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters (if any) get it, no warning
@@ -78,3 +91,8 @@ class TTLCache(Generic[K, V]):
             return value
         finally:
             self._loading.pop(key, None)
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

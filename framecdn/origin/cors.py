@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ALLOW_METHODS = "GET, HEAD, OPTIONS"
 ALLOW_HEADERS = ("Authorization", "Accept", "Range", "If-None-Match", "If-Range")
-EXPOSE_HEADERS = "Content-Range, Content-Location, Content-Length, ETag, Content-Type"
+EXPOSE_HEADERS = "Content-Range, Content-Location, Content-Length, ETag, Content-Type, X-Request-Id"
 MAX_AGE = "86400"
 
 

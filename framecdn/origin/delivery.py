@@ -25,10 +25,12 @@ from urllib.parse import urlsplit
 from starlette.responses import Response
 
 from framecdn.framestore.config import Settings
-from framecdn.framestore.s3 import Presigner, resolve_credentials
+from framecdn.framestore.s3 import Presigner
 
 
 class Delivery:
+    """The configured delivery mode, with the presigner it needs."""
+
     def __init__(self, settings: Settings) -> None:
         self.mode = settings.delivery
         self.window = settings.presign_window_seconds
@@ -38,14 +40,7 @@ class Delivery:
         if self.mode == "redirect":
             self._public = Presigner.public(settings)
         elif self.mode == "accel":
-            endpoint = settings.s3_endpoint or f"https://s3.{settings.aws_region}.amazonaws.com"
-            self._internal = Presigner(
-                endpoint,
-                settings.bucket,
-                resolve_credentials(settings),
-                settings.aws_region,
-                settings.presign_window_seconds,
-            )
+            self._internal = Presigner.internal(settings)
 
     def _seconds_left_in_window(self, now: float) -> int:
         return max(1, self.window - int(now) % self.window)

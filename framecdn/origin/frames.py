@@ -4,6 +4,8 @@ Order of checks: UIDs and frame-list syntax (400), the instance index (404), fra
 numbers against NumberOfFrames (400), Accept (406), validators (304), then the
 delivery: redirect / accel for a single-part single frame when so configured,
 otherwise the bytes are streamed (single part, with Range, or multipart).
+
+Only what was served (:data:`SERVED`) counts as a read of the study for the sweeper.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from framecdn.origin.urls import dicomweb_root, frame_url
 if TYPE_CHECKING:
     from framecdn.origin.app import Origin
 
+#: Statuses that served the resource (the 307 of ``redirect`` delivery hands the frame
+#: over too): only these record an access, so guessing UIDs writes nothing.
+SERVED = frozenset({200, 206, 304, 307})
+
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
     """Weak comparison, as If-None-Match requires (RFC 9110 §13.1.2)."""
@@ -48,6 +54,13 @@ def single_etag(sha256: str, representation: Representation) -> str:
 
 async def frames_endpoint(request: Request) -> Response:
     origin: Origin = request.app.state.origin
+    response = await _frames(request, origin)
+    if response.status_code in SERVED:
+        origin.recorder.record(request.path_params["study"])
+    return response
+
+
+async def _frames(request: Request, origin: Origin) -> Response:
     label(request.scope, route="frames", mode=origin.settings.delivery)
     params = request.path_params
     try:
@@ -58,7 +71,7 @@ async def frames_endpoint(request: Request) -> Response:
     try:
         index = await origin.indexes.get(key)
     except S3Error as exc:
-        return s3_error_response(exc)
+        return s3_error_response(request, exc)
     if index is None:
         return error_response(404, "instance not found")
     try:
@@ -70,7 +83,6 @@ async def frames_endpoint(request: Request) -> Response:
         representation = negotiate(request.headers.get("accept"), stored, len(numbers))
     except NotAcceptable as exc:
         return error_response(406, str(exc), available=exc.available)
-    origin.recorder.record(key.study)
 
     headers = {
         "Cache-Control": origin.settings.frame_cache_control,
@@ -138,7 +150,7 @@ async def _stream_single(
     headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media_type)
-    stream = await _open_first_frame(origin, index, object_key, byte_range)
+    stream = await _open_first_frame(request, origin, index, object_key, byte_range)
     if isinstance(stream, Response):
         return stream
     if stream.content_length not in (-1, length):
@@ -146,7 +158,9 @@ async def _stream_single(
         origin.indexes.mark_stale(index.key, index)
         return error_response(404, "frame object does not match the index (being evicted)")
     body = single_body(stream, length, _on_broken(origin, index), origin.chunk_size)
-    return ClosingStreamingResponse(body, status_code=status, headers=headers, media_type=media_type)
+    return ClosingStreamingResponse(
+        body, status_code=status, headers=headers, media_type=media_type
+    )
 
 
 async def _stream_multipart(
@@ -163,7 +177,7 @@ async def _stream_multipart(
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers, media_type=media_type)
     keys = [origin.layout.frame(index.key, n) for n in numbers]
-    first = await _open_first_frame(origin, index, keys[0])
+    first = await _open_first_frame(request, origin, index, keys[0])
     if isinstance(first, Response):
         return first
     body = multipart_body(
@@ -179,6 +193,7 @@ async def _stream_multipart(
 
 
 async def _open_first_frame(
+    request: Request,
     origin: Origin,
     index: InstanceIndex,
     object_key: str,
@@ -191,8 +206,7 @@ async def _open_first_frame(
         origin.indexes.mark_stale(index.key, index)
         return error_response(404, "frame not found (instance is being evicted)")
     except S3Error as exc:
-        origin.metrics.s3_errors.labels(exc.kind).inc()
-        return s3_error_response(exc)
+        return s3_error_response(request, exc)
 
 
 def _on_broken(origin: Origin, index: InstanceIndex) -> Callable[[], None]:

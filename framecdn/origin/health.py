@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from framecdn.origin.errors import RETRY_AFTER_SECONDS
+from framecdn.origin.errors import server_error_response
 from framecdn.origin.metrics import label
 from framecdn.origin.storage import S3Error
 
@@ -28,9 +28,11 @@ async def readyz(request: Request) -> Response:
     try:
         await asyncio.wait_for(origin.store.ping(), timeout=limit)
     except (S3Error, TimeoutError) as exc:
-        return JSONResponse(
-            {"status": "unavailable", "error": str(exc) or "S3 did not answer in time"},
-            status_code=503,
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store"},
+        return server_error_response(
+            request,
+            503,
+            "storage unavailable",
+            f"readiness: {exc or 'S3 did not answer in time'}",
+            retry_after=origin.settings.retry_after_seconds,
         )
     return JSONResponse({"status": "ready"}, headers={"Cache-Control": "no-store"})

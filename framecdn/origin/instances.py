@@ -2,7 +2,7 @@
 
 The index is the commit marker (no index = not there) and holds every frame's size
 and checksum, so once it is cached a frame request needs no S3 call but the frame's
-own GET. Entries live ``ttl`` seconds.
+own GET. Entries live ``index_cache_seconds`` (Settings).
 
 Objects of one instance can expire a little apart. When a frame (or the metadata)
 turns out missing, the instance is half evicted: its index is marked *stale* and
@@ -14,41 +14,41 @@ deletes the stale index from the bucket.
 
 from __future__ import annotations
 
+from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex, InvalidIndex
 from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.origin.cache import TTLCache
 from framecdn.origin.metrics import Metrics
-from framecdn.origin.storage import ObjectMissing, ObjectStore, S3Error
+from framecdn.origin.storage import ObjectMissing, ObjectStore
 from framecdn.origin.upstream import NoUpstream, Upstream
 
 
 class InstanceIndexes:
+    """Committed instances' indexes, cached; stale (half-evicted) ones remembered."""
+
     def __init__(
         self,
+        settings: Settings,
         store: ObjectStore,
         layout: KeyLayout,
         metrics: Metrics,
         upstream: Upstream | None = None,
-        *,
-        ttl: float = 600.0,
-        maxsize: int = 20000,
-        stale_ttl: float = 24 * 3600.0,
     ) -> None:
         self.store = store
         self.layout = layout
         self.metrics = metrics
-        self.upstream = upstream or NoUpstream()
-        self.cache: TTLCache[InstanceKey, InstanceIndex] = TTLCache(maxsize, ttl)
-        self.stale: TTLCache[InstanceKey, str] = TTLCache(maxsize, stale_ttl)
+        self.upstream: Upstream = upstream or NoUpstream()
+        entries = settings.index_cache_entries
+        self.cache: TTLCache[InstanceKey, InstanceIndex] = TTLCache(
+            entries, settings.index_cache_seconds
+        )
+        self.stale: TTLCache[InstanceKey, str] = TTLCache(entries, settings.stale_index_seconds)
 
     async def _load(self, key: InstanceKey) -> InstanceIndex | None:
         try:
             raw = await self.store.get_bytes(self.layout.index(key))
         except ObjectMissing:
             return None
-        except S3Error as exc:
-            self.metrics.s3_errors.labels(exc.kind).inc()
-            raise
         try:
             index = InstanceIndex.from_json(raw)
         except InvalidIndex:

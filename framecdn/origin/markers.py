@@ -32,7 +32,7 @@ async def flush_once(store: ObjectStore, layout: KeyLayout, recorder: AccessReco
 
 
 async def flush_forever(
-    store: ObjectStore, layout: KeyLayout, recorder: AccessRecorder, interval: float = 60.0
+    store: ObjectStore, layout: KeyLayout, recorder: AccessRecorder, interval: float
 ) -> None:
     while True:
         await asyncio.sleep(interval)

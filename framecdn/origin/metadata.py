@@ -4,16 +4,20 @@ The bucket holds each instance's DICOM JSON object with PixelData as a BulkDataU
 relative to the DICOMweb root; we rewrite it into an absolute URL of this origin
 (as the client reached it) and wrap the objects in an array. Only committed
 instances (with an index) are served. Series and study answers are assembled from
-the instances under that prefix and cached briefly; instance objects are cached
-longer (they do not change). gzip is offered here — never on frames.
+the instances under that prefix and cached briefly (``metadata_listing_seconds``);
+instance objects are cached longer (``metadata_cache_seconds``: they do not change).
+gzip is offered here — never on frames. Only answers that were served (200, 304)
+count as a read of the study for the sweeper; a 404 writes nothing to the bucket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
@@ -24,8 +28,9 @@ from starlette.responses import Response
 from framecdn.framestore.keys import InstanceKey, InvalidUID
 from framecdn.origin.cache import TTLCache
 from framecdn.origin.errors import error_response, s3_error_response
-from framecdn.origin.frames import etag_matches
+from framecdn.origin.frames import SERVED, etag_matches
 from framecdn.origin.metrics import label
+from framecdn.origin.negotiation import accepts
 from framecdn.origin.storage import ObjectMissing, S3Error
 from framecdn.origin.urls import dicomweb_root
 
@@ -33,9 +38,10 @@ if TYPE_CHECKING:
     from framecdn.origin.app import Origin
 
 MEDIA_TYPE = "application/dicom+json"
-_ACCEPTABLE = ("application/dicom+json", "application/json", "application/*", "*/*")
+#: What metadata can be labelled as: DICOM JSON, which is also plain JSON.
+_OFFERED = (MEDIA_TYPE, "application/json")
 _GZIP_MIN_BYTES = 1024
-_FETCH_CONCURRENCY = 16
+ObjectsLoader = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 
 def rewrite_bulkdata(element_map: dict[str, Any], root_url: str) -> dict[str, Any]:
@@ -59,25 +65,15 @@ def rewrite_bulkdata(element_map: dict[str, Any], root_url: str) -> dict[str, An
 
 
 def accepts_json(accept: str | None) -> bool:
-    if not accept or not accept.strip():
-        return True
-    for element in accept.split(","):
-        media, *params = [piece.strip() for piece in element.split(";")]
-        q = next((p.split("=", 1)[1] for p in params if p.lower().startswith("q=")), "1")
-        try:
-            if float(q.strip('"')) <= 0:
-                continue
-        except ValueError:
-            pass
-        if media.lower() in _ACCEPTABLE:
-            return True
-    return False
+    """True when the Accept header admits DICOM JSON (absent: anything goes)."""
+    return any(accepts(accept, offered) for offered in _OFFERED)
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
     for element in (accept_encoding or "").split(","):
         coding, *params = [piece.strip().lower() for piece in element.split(";")]
-        if coding in ("gzip", "*") and not any(p.replace(" ", "") in ("q=0", "q=0.0") for p in params):
+        refused = any(p.replace(" ", "") in ("q=0", "q=0.0") for p in params)
+        if coding in ("gzip", "*") and not refused:
             return True
     return False
 
@@ -99,10 +95,16 @@ class RenderedMetadata:
 class MetadataService:
     """Loads and assembles DICOM JSON; caches instance objects and rendered answers."""
 
-    def __init__(self, origin: Origin, *, listing_ttl: float = 10.0) -> None:
+    def __init__(self, origin: Origin) -> None:
+        settings = origin.settings
         self.origin = origin
-        self.objects: TTLCache[InstanceKey, dict[str, Any]] = TTLCache(4096, 600.0)
-        self.rendered: TTLCache[tuple[str, str], RenderedMetadata] = TTLCache(1024, listing_ttl)
+        self.objects: TTLCache[InstanceKey, dict[str, Any]] = TTLCache(
+            settings.metadata_cache_entries, settings.metadata_cache_seconds
+        )
+        self.rendered: TTLCache[tuple[str, str], RenderedMetadata] = TTLCache(
+            settings.metadata_listing_entries, settings.metadata_listing_seconds
+        )
+        self.fetch_concurrency = settings.metadata_fetch_concurrency
 
     async def instance_object(self, key: InstanceKey) -> dict[str, Any] | None:
         """The stored DICOM JSON object of a committed instance, or None."""
@@ -117,7 +119,10 @@ class MetadataService:
                 self.origin.indexes.mark_stale(key, index)
                 return None
             data = json.loads(raw)
-            return data[0] if isinstance(data, list) and data else data
+            obj = data[0] if isinstance(data, list) and data else data
+            if not isinstance(obj, dict):
+                raise S3Error(f"{self.origin.layout.metadata(key)} is not a DICOM JSON object")
+            return obj
 
         return await self.objects.get_or_load(key, load)
 
@@ -127,7 +132,7 @@ class MetadataService:
         return [key for key in found if key is not None]
 
     async def objects_under(self, prefix: str) -> list[dict[str, Any]]:
-        semaphore = asyncio.Semaphore(_FETCH_CONCURRENCY)
+        semaphore = asyncio.Semaphore(self.fetch_concurrency)
 
         async def one(key: InstanceKey) -> dict[str, Any] | None:
             async with semaphore:
@@ -137,7 +142,9 @@ class MetadataService:
         results = await asyncio.gather(*(one(key) for key in keys))
         return [obj for obj in results if obj is not None]
 
-    async def render(self, level_key: str, root_url: str, load) -> RenderedMetadata | None:
+    async def render(
+        self, level_key: str, root_url: str, load: ObjectsLoader
+    ) -> RenderedMetadata | None:
         async def build() -> RenderedMetadata | None:
             objects = await load()
             if not objects:
@@ -149,11 +156,19 @@ class MetadataService:
 
 async def metadata_endpoint(request: Request) -> Response:
     origin: Origin = request.app.state.origin
+    response = await _metadata(request, origin)
+    if response.status_code in SERVED:
+        origin.recorder.record(request.path_params["study"])
+    return response
+
+
+async def _metadata(request: Request, origin: Origin) -> Response:
     service: MetadataService = origin.metadata
     params = request.path_params
     label(request.scope, route="metadata", mode="-")
     if not accepts_json(request.headers.get("accept")):
         return error_response(406, f"metadata is served as {MEDIA_TYPE}", available=[MEDIA_TYPE])
+    load: ObjectsLoader
     try:
         study = params["study"]
         layout = origin.layout
@@ -168,21 +183,19 @@ async def metadata_endpoint(request: Request) -> Response:
             label(request.scope, route="metadata_instance")
         elif "series" in params:
             level_key = layout.series_prefix(study, params["series"])
-            load = lambda: service.objects_under(level_key)  # noqa: E731
+            load = functools.partial(service.objects_under, level_key)
             label(request.scope, route="metadata_series")
         else:
             level_key = layout.study_prefix(study)
-            load = lambda: service.objects_under(level_key)  # noqa: E731
+            load = functools.partial(service.objects_under, level_key)
             label(request.scope, route="metadata_study")
     except InvalidUID as exc:
         return error_response(400, str(exc))
-    origin.recorder.record(study)
     root_url = dicomweb_root(request, origin.root, origin.settings.public_url)
     try:
         rendered = await service.render(level_key, root_url, load)
     except S3Error as exc:
-        origin.metrics.s3_errors.labels(exc.kind).inc()
-        return s3_error_response(exc)
+        return s3_error_response(request, exc)
     if rendered is None:
         return error_response(404, "not found")
     use_gzip = rendered.gzipped is not None and accepts_gzip(request.headers.get("accept-encoding"))

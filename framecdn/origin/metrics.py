@@ -2,7 +2,8 @@
 
 Handlers label their request by writing ``route`` and ``mode`` into
 ``scope["framecdn"]``; the middleware counts status, bytes sent and the time until
-the last byte (so a streamed frame is timed to its end, not to its headers).
+the last byte (so a streamed frame is timed to its end, not to its headers), and
+gives each request the id that error answers and the access log carry.
 Metrics are per process (with several workers, scrape each or use a collector).
 """
 
@@ -23,6 +24,8 @@ from prometheus_client import (
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from framecdn.origin.errors import request_id
 
 access_log = logging.getLogger("framecdn.access")
 
@@ -78,8 +81,22 @@ def label(scope: Scope, **values: str) -> None:
     scope.setdefault("framecdn", {}).update(values)
 
 
+def _content_length(message: Message) -> int | None:
+    for name, value in message.get("headers", []):
+        if name.lower() == b"content-length":
+            return int(value)
+    return None
+
+
 class MetricsMiddleware:
-    """Counts and times every HTTP request; writes one JSON access-log line per request."""
+    """Counts and times every HTTP request; writes one JSON access-log line per request.
+
+    A request is counted just *before* its last byte is handed to the server (the
+    message completing Content-Length, or the final one), so a client that has read
+    a whole response and then asks ``/metrics`` always finds that response counted.
+    Requests that end without a last body message (an error, a client gone
+    mid-stream) are counted when the app returns.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -90,43 +107,56 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        state: dict[str, Any] = {"status": 500, "bytes": 0, "complete": False}
+        request_id(scope)
+        state: dict[str, Any] = {"status": 500, "bytes": 0, "complete": False, "done": False}
+
+        def finish() -> None:
+            if not state["done"]:
+                state["done"] = True
+                self._record(scope, state, time.perf_counter() - started)
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
+                state["length"] = _content_length(message)
             elif message["type"] == "http.response.body":
                 state["bytes"] += len(message.get("body", b""))
-                if not message.get("more_body", False):
+                length = state.get("length")
+                if not message.get("more_body", False) or (
+                    length is not None and state["bytes"] >= length
+                ):
                     state["complete"] = True
+                    finish()
             await send(message)
 
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            elapsed = time.perf_counter() - started
-            labels = scope.get("framecdn", {})
-            route = labels.get("route", "other")
-            mode = labels.get("mode", "-")
-            status = str(state["status"])
-            self.metrics.requests.labels(route, mode, status).inc()
-            self.metrics.bytes.labels(route, mode).inc(state["bytes"])
-            self.metrics.latency.labels(route, mode).observe(elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                client = scope.get("client") or ("-", 0)
-                access_log.info(
-                    json.dumps(
-                        {
-                            "client": client[0],
-                            "method": scope["method"],
-                            "path": scope["path"],
-                            "status": state["status"],
-                            "bytes": state["bytes"],
-                            "complete": state["complete"],
-                            "ms": round(elapsed * 1000, 2),
-                            "route": route,
-                            "mode": mode,
-                        },
-                        separators=(",", ":"),
-                    )
+            finish()
+
+    def _record(self, scope: Scope, state: dict[str, Any], elapsed: float) -> None:
+        labels = scope.get("framecdn", {})
+        route = labels.get("route", "other")
+        mode = labels.get("mode", "-")
+        self.metrics.requests.labels(route, mode, str(state["status"])).inc()
+        self.metrics.bytes.labels(route, mode).inc(state["bytes"])
+        self.metrics.latency.labels(route, mode).observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            client = scope.get("client") or ("-", 0)
+            access_log.info(
+                json.dumps(
+                    {
+                        "client": client[0],
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": state["status"],
+                        "bytes": state["bytes"],
+                        "complete": state["complete"],
+                        "ms": round(elapsed * 1000, 2),
+                        "route": route,
+                        "mode": mode,
+                        "request_id": labels.get("request_id"),
+                    },
+                    separators=(",", ":"),
                 )
+            )

@@ -2,7 +2,9 @@
 
 Pure functions: an Accept header, the stored representation and the number of
 frames asked for in, the representation to answer with (or :class:`NotAcceptable`)
-out. The rules, as real clients need them:
+out. :func:`parse_accept` is the origin's one Accept parser (metadata uses it through
+:func:`accepts` too). Media types and their default syntaxes come from
+:mod:`framecdn.framestore.transfer_syntax`. The rules, as real clients need them:
 
 * parameter values may be quoted or not, names are case-insensitive, duplicate
   parameters are alternatives (any may match), ``q`` orders the ranges (stable
@@ -24,13 +26,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from framecdn.framestore.transfer_syntax import DEFAULT_SYNTAX_FOR_MEDIA_TYPE, content_type
+from framecdn.framestore.transfer_syntax import (
+    DEFAULT_SYNTAX_FOR_MEDIA_TYPE,
+    MEDIA_TYPE_ALIASES,
+    NATIVE_MEDIA_TYPE,
+    content_type,
+)
 
 MULTIPART_RELATED = "multipart/related"
-OCTET_STREAM = "application/octet-stream"
-
-#: Legacy spellings some clients (dicomweb-client) still send.
-_ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
+OCTET_STREAM = NATIVE_MEDIA_TYPE
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +129,7 @@ def _unquote(value: str) -> str:
 
 def _normalise_type(media_type: str) -> str:
     media_type = media_type.strip().lower()
-    return _ALIASES.get(media_type, media_type)
+    return MEDIA_TYPE_ALIASES.get(media_type, media_type)
 
 
 def parse_accept(header: str | None) -> list[MediaRange]:
@@ -171,6 +175,11 @@ def _type_matches(pattern: str, media_type: str) -> bool:
     if minor == "*":
         return media_type.split("/", 1)[0] == major
     return pattern == media_type
+
+
+def accepts(header: str | None, media_type: str) -> bool:
+    """True when some range of the Accept header admits ``media_type`` (parameters aside)."""
+    return any(_type_matches(rng.media_type, media_type) for rng in parse_accept(header))
 
 
 def _syntax_matches(syntaxes: list[str], pattern: str, media_type: str, stored: str) -> bool:

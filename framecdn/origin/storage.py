@@ -9,9 +9,22 @@ aiohttp rather than httpx: its C-accelerated HTTP parser moves frame bodies with
 about a third of httpx's CPU per byte (measured here: 0.3 s/GB vs 0.9-1.3 s/GB),
 which is what limits an origin that shares its cores with the store.
 
+The read timeout is ours, not aiohttp's ``sock_read``: aiohttp 3.14 (3.14.0 to at
+least 3.14.5) can leave the ``sock_read`` timer armed on a connection it has put
+back into the pool. When a body was paused for backpressure and the pause ends by
+parsing the end of the message, ``ResponseHandler.resume_reading()`` re-arms the
+timer *after* the end-of-body callbacks cancelled it and released the connection;
+``read_timeout`` seconds later the idle pooled connection is stamped with a
+``SocketTimeoutError`` and the next request on it fails at once with a 504 (see
+aio-libs/aiohttp#12953, whose fix covers only part of this path). So ``sock_read``
+stays off, and :class:`ReadDeadline` bounds each wait for S3 data instead: from the
+request's headers being sent to the response's headers, then each body read that has
+to wait. Pooling is unchanged. tests/test_origin_idle.py reproduces the fault.
+
 Failures are mapped to what the origin answers: connection trouble -> 503
 (:class:`S3Unavailable`), timeouts -> 504 (:class:`S3Timeout`), a missing object ->
-:class:`ObjectMissing`.
+:class:`~framecdn.errors.ObjectMissing`. Their messages carry the endpoint and what
+S3 said: they are for the log, never for a client (see ``origin/errors.py``).
 """
 
 from __future__ import annotations
@@ -21,22 +34,29 @@ import time
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
 from typing import TypeVar
 from urllib.parse import quote
 
 import aiohttp
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
 from yarl import URL
 
+from framecdn.errors import ObjectMissing, StoreError
 from framecdn.framestore.config import Settings
-from framecdn.framestore.s3 import Presigner, resolve_credentials
+from framecdn.framestore.s3 import Presigner
+
+__all__ = ["ObjectMissing", "ObjectStore", "ObjectStream", "S3Error", "S3Timeout", "S3Unavailable"]
 
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+#: aiohttp's per-response buffer; it pauses the socket at twice this (backpressure).
+READ_BUFFER_BYTES = 1 << 20
 T = TypeVar("T")
 
 
-class S3Error(Exception):
+class S3Error(StoreError):
     """S3 answered something the origin cannot use (surfaced as 502)."""
 
     status_code = 502
@@ -57,28 +77,54 @@ class S3Timeout(S3Error):
     kind = "timeout"
 
 
-class ObjectMissing(Exception):
-    """The object is not in the bucket (404)."""
-
-
-def _internal_endpoint(settings: Settings) -> str:
-    return settings.s3_endpoint or f"https://s3.{settings.aws_region}.amazonaws.com"
-
-
 def _translate(exc: BaseException, what: str) -> S3Error:
     """The origin's view of an aiohttp failure."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
         return S3Unavailable(f"S3 not reachable ({what}): {exc!r}")
-    if isinstance(exc, TimeoutError):  # sock_read timeouts (ServerTimeoutError) included
+    if isinstance(exc, TimeoutError):  # ours (ReadDeadline) or aiohttp's
         return S3Timeout(f"S3 timed out ({what}): {exc!r}")
     return S3Unavailable(f"S3 failed ({what}): {exc!r}")
+
+
+class ReadDeadline:
+    """How long one request may wait for S3's answer (asyncio.timeout, rescheduled).
+
+    It starts bounded by connect + read timeout, and once the request's headers are
+    out (aiohttp's ``on_request_headers_sent`` trace signal) S3 gets exactly
+    ``read_timeout`` to answer. Connecting is bounded by aiohttp's own connect timeout.
+    """
+
+    def __init__(self, connect_timeout: float, read_timeout: float) -> None:
+        self.read_timeout = read_timeout
+        loop = asyncio.get_running_loop()
+        self.timeout = asyncio.timeout_at(loop.time() + connect_timeout + read_timeout)
+
+    def request_sent(self) -> None:
+        self.timeout.reschedule(asyncio.get_running_loop().time() + self.read_timeout)
+
+    @staticmethod
+    def trace_config() -> aiohttp.TraceConfig:
+        """The session hook that calls :meth:`request_sent` of the request's deadline."""
+
+        async def headers_sent(
+            session: aiohttp.ClientSession, context: SimpleNamespace, params: object
+        ) -> None:
+            if isinstance(context.trace_request_ctx, ReadDeadline):
+                context.trace_request_ctx.request_sent()
+
+        config = aiohttp.TraceConfig()
+        config.on_request_headers_sent.append(headers_sent)
+        return config
 
 
 class ObjectStream:
     """An open GET whose body has not been read yet: the bytes stay in the socket."""
 
-    def __init__(self, response: aiohttp.ClientResponse, on_close: Callable[[], None]) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, read_timeout: float, on_close: Callable[[], None]
+    ) -> None:
         self._response = response
+        self._read_timeout = read_timeout
         self._on_close: Callable[[], None] | None = on_close
         self.status_code = response.status
         self.content_length = int(response.headers.get("Content-Length", "-1"))
@@ -87,40 +133,49 @@ class ObjectStream:
     async def chunks(self, chunk_size: int) -> AsyncIterator[bytes]:
         """The body in chunks of at most ``chunk_size``; raises S3Timeout/S3Unavailable.
 
-        A body that ends before Content-Length raises, so a truncated object can
-        never pass for a complete frame.
+        What is already buffered is taken without a timer; a read that has to wait
+        gets ``read_timeout``. A body that ends before Content-Length raises, so a
+        truncated object can never pass for a complete frame.
         """
+        content = self._response.content
         try:
-            async for chunk in self._response.content.iter_chunked(chunk_size):
+            while True:
+                chunk = content.read_nowait(chunk_size)
+                if not chunk:
+                    if content.at_eof():
+                        return
+                    async with asyncio.timeout(self._read_timeout):
+                        chunk = await content.read(chunk_size)
+                    if not chunk:
+                        return
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _translate(exc, "reading a body") from exc
+            raise _translate(exc, f"reading {self._response.url.path}") from exc
 
     async def aclose(self) -> None:
         """Release the connection (closed, not reused, if the body was not read)."""
         if self._on_close is not None:
             self._on_close()
             self._on_close = None
-        self._response.release()
         if not self._response.content.at_eof():
             self._response.close()
+        self._response.release()
 
 
 class ObjectStore:
     """The origin's S3 access: GET (whole or streamed), list, PUT, and a readiness probe."""
 
-    def __init__(self, settings: Settings, *, url_cache_size: int = 65536) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bucket = settings.bucket
-        self.endpoint = _internal_endpoint(settings).rstrip("/")
-        self._credentials = resolve_credentials(settings)
+        self.endpoint = settings.internal_endpoint
         # Internal URLs only need to stay valid for one request; a short window keeps
         # the per-key URL cache small while still saving the HMAC on hot frames.
-        self._presigner = Presigner(
-            self.endpoint, settings.bucket, self._credentials, settings.aws_region, 300
-        )
+        self._presigner = Presigner.internal(settings, settings.internal_presign_seconds)
+        keys = self._presigner.credentials
+        self._header_credentials = ReadOnlyCredentials(keys.access_key, keys.secret_key, keys.token)
         self._urls: OrderedDict[str, tuple[int, str]] = OrderedDict()
-        self._url_cache_size = url_cache_size
+        self._url_cache_size = settings.url_cache_entries
         self._session: aiohttp.ClientSession | None = None
         self._open_streams = 0
 
@@ -129,23 +184,27 @@ class ObjectStore:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 limit=self.settings.s3_max_connections,
-                keepalive_timeout=30,
+                keepalive_timeout=self.settings.s3_keepalive_seconds,
                 ttl_dns_cache=300,
             )
             timeout = aiohttp.ClientTimeout(
                 total=None,
                 connect=self.settings.s3_connect_timeout,  # includes waiting for a free slot
                 sock_connect=self.settings.s3_connect_timeout,
-                sock_read=self.settings.s3_read_timeout,
+                sock_read=None,  # see the module docstring: ReadDeadline does this
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=timeout,
                 auto_decompress=False,
-                read_bufsize=1 << 20,
+                read_bufsize=READ_BUFFER_BYTES,
                 skip_auto_headers=("User-Agent",),
+                trace_configs=[ReadDeadline.trace_config()],
             )
         return self._session
+
+    def _deadline(self) -> ReadDeadline:
+        return ReadDeadline(self.settings.s3_connect_timeout, self.settings.s3_read_timeout)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -162,12 +221,13 @@ class ObjectStore:
     # URLs ----------------------------------------------------------------
     def url(self, key: str) -> str:
         """A presigned internal GET URL for ``key``, reused within its signing window."""
-        window = int(time.time()) // self._presigner.window_seconds
+        now = time.time()
+        window = self._presigner.window(now)
         cached = self._urls.get(key)
         if cached is not None and cached[0] == window:
             self._urls.move_to_end(key)
             return cached[1]
-        url = self._presigner.url(key)
+        url = self._presigner.url(key, now=now)
         self._urls[key] = (window, url)
         if len(self._urls) > self._url_cache_size:
             self._urls.popitem(last=False)
@@ -177,7 +237,7 @@ class ObjectStore:
         self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> dict[str, str]:
         request = AWSRequest(method=method, url=url, data=body, headers=headers or {})
-        S3SigV4Auth(self._credentials, "s3", self.settings.aws_region).add_auth(request)
+        S3SigV4Auth(self._header_credentials, "s3", self.settings.aws_region).add_auth(request)
         return dict(request.headers.items())
 
     # Requests --------------------------------------------------------------
@@ -191,10 +251,18 @@ class ObjectStore:
         body: bytes | None = None,
     ) -> T:
         """One whole request: send, let ``read`` consume the response, release it."""
+        deadline = self._deadline()
         try:
-            async with self._client().request(
-                method, URL(url, encoded=True), headers=headers, data=body
-            ) as response:
+            async with (
+                deadline.timeout,
+                self._client().request(
+                    method,
+                    URL(url, encoded=True),
+                    headers=headers,
+                    data=body,
+                    trace_request_ctx=deadline,
+                ) as response,
+            ):
                 return await read(response)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc, f"{method} {url.split('?')[0]}") from exc
@@ -203,14 +271,13 @@ class ObjectStore:
     async def _check(response: aiohttp.ClientResponse, key: str) -> None:
         if response.status in (200, 206):
             return
-        text = (await response.read())[:200].decode(errors="replace")
-        if response.status == 404:
+        text = (await response.read())[:300].decode(errors="replace")  # keeps the connection
+        if response.status in (404, 416):  # 416: the object is shorter than the index says
             raise ObjectMissing(key)
-        if response.status == 416:
-            raise ObjectMissing(f"{key}: range not satisfiable (object shorter than indexed)")
+        what = f"GET {response.url.with_query(None)} answered {response.status}: {text}"
         if response.status >= 500:
-            raise S3Unavailable(f"S3 answered {response.status} for {key}")
-        raise S3Error(f"S3 answered {response.status} for {key}: {text}")
+            raise S3Unavailable(what)
+        raise S3Error(what)
 
     async def get_bytes(self, key: str) -> bytes:
         """The whole (small) object; raises ObjectMissing when absent."""
@@ -226,21 +293,21 @@ class ObjectStore:
         headers = {"Accept-Encoding": "identity"}
         if byte_range is not None:
             headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+        deadline = self._deadline()
         try:
-            response = await self._client().get(
-                URL(self.url(key), encoded=True), headers=headers
-            )
+            async with deadline.timeout:
+                response = await self._client().get(
+                    URL(self.url(key), encoded=True), headers=headers, trace_request_ctx=deadline
+                )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _translate(exc, f"GET {key}") from exc
-        except asyncio.CancelledError:
-            raise
+            raise _translate(exc, f"GET {self.endpoint}/{self.bucket}/{key}") from exc
         try:
             await self._check(response, key)
         except BaseException:
             response.release()
             raise
         self._open_streams += 1
-        return ObjectStream(response, self._stream_closed)
+        return ObjectStream(response, self.settings.s3_read_timeout, self._stream_closed)
 
     async def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (ListObjectsV2, paginated)."""
@@ -250,9 +317,11 @@ class ObjectStore:
         async def read(response: aiohttp.ClientResponse) -> bytes:
             body = await response.read()
             if response.status != 200:
+                text = body[:300].decode(errors="replace")
+                what = f"LIST {self.endpoint}/{self.bucket} {prefix!r} answered {response.status}"
                 if response.status >= 500:
-                    raise S3Unavailable(f"S3 list answered {response.status}")
-                raise S3Error(f"S3 list answered {response.status}: {body[:200]!r}")
+                    raise S3Unavailable(f"{what}: {text}")
+                raise S3Error(f"{what}: {text}")
             return body
 
         while True:
@@ -275,9 +344,9 @@ class ObjectStore:
         headers = self._signed_headers("PUT", url, body, {"Content-Type": content_type})
 
         async def read(response: aiohttp.ClientResponse) -> None:
-            text = await response.read()
+            text = (await response.read())[:300].decode(errors="replace")
             if response.status != 200:
-                raise S3Error(f"S3 PUT {key} answered {response.status}: {text[:200]!r}")
+                raise S3Error(f"PUT {url} answered {response.status}: {text}")
 
         await self._request("PUT", url, read, headers=headers, body=body)
 
@@ -287,6 +356,6 @@ class ObjectStore:
 
         async def read(response: aiohttp.ClientResponse) -> None:
             if response.status != 200:
-                raise S3Unavailable(f"bucket {self.bucket}: S3 answered {response.status}")
+                raise S3Unavailable(f"HEAD {url}: S3 answered {response.status}")
 
         await self._request("HEAD", url, read, headers=self._signed_headers("HEAD", url))

@@ -23,8 +23,6 @@ from starlette.types import Send
 from framecdn.origin.multipart import MultipartLayout
 from framecdn.origin.storage import ObjectStore, ObjectStream
 
-CHUNK_SIZE = 256 * 1024
-
 
 class BrokenInstance(Exception):
     """A frame object is missing or short although the index lists it."""
@@ -45,7 +43,7 @@ async def single_body(
     stream: ObjectStream,
     expected: int,
     on_broken: Callable[[], None],
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int,
 ) -> AsyncIterator[bytes]:
     """One frame (or a range of it) exactly ``expected`` bytes long."""
     sent = 0
@@ -63,7 +61,7 @@ async def single_body(
         raise BrokenInstance(f"frame body was {sent} bytes, index says {expected}")
 
 
-async def _close_quietly(task: asyncio.Task) -> None:
+async def _close_quietly(task: asyncio.Task[ObjectStream]) -> None:
     if not task.done():
         task.cancel()
     try:
@@ -80,8 +78,8 @@ async def multipart_body(
     first: ObjectStream,
     on_broken: Callable[[], None],
     *,
-    prefetch: int = 4,
-    chunk_size: int = CHUNK_SIZE,
+    prefetch: int,
+    chunk_size: int,
 ) -> AsyncIterator[bytes]:
     """The multipart body: part heads from ``layout``, frames from S3, in order.
 
@@ -89,7 +87,7 @@ async def multipart_body(
     that a missing instance is still a clean 404).
     """
     count = len(keys)
-    pending: dict[int, asyncio.Task] = {}
+    pending: dict[int, asyncio.Task[ObjectStream]] = {}
     scheduled = 1
 
     def schedule() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from framecdn.cli.eviction import eviction_summary
 from framecdn.errors import UsageError
-from framecdn.framestore.access import access_key, encode_marker
+from framecdn.framestore.access import encode_marker
 from framecdn.framestore.keys import KeyLayout
 from framecdn.framestore.retention import RETENTION_TAG
 from framecdn.ingest.pipeline import ingest_file
@@ -53,7 +53,7 @@ def test_ingest_tags_everything_cache(s3_client, settings, stored):
 
 def test_evict_study_removes_everything_of_it_and_nothing_else(s3_client, bucket, settings, stored):
     layout = KeyLayout(settings.prefix)
-    marker = access_key(layout, STUDY)
+    marker = layout.access_marker(STUDY)
     s3_client.put_object(Bucket=settings.bucket, Key=marker, Body=encode_marker(STUDY, 1.0))
 
     report = evict(bucket, layout, study=STUDY)

@@ -242,7 +242,8 @@ def test_an_instance_failing_after_its_first_frames_leaves_nothing(
         )
         result = ingestor.ingest(source, name="tomo.dcm")
     assert result.status == "failed" and "Input/output error" in result.reason
-    assert sorted(uploaded) == sorted(layout.frame(key, n) for n in range(1, 5))  # it got far
+    # It got far: some frames were uploaded (how many depends on the upload threads).
+    assert uploaded and set(uploaded) <= {layout.frame(key, n) for n in range(1, 5)}
     assert list_keys(s3_client, settings.bucket, KeyLayout(settings.prefix).prefix) == []
 
 

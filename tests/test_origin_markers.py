@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 from pydicom.uid import generate_uid
 
-from framecdn.framestore.access import access_key, access_prefix, decode_marker
+from framecdn.framestore.access import decode_marker
 from framecdn.framestore.config import Settings
 from framecdn.synthetic import write_tomosynthesis
 from tests.conftest import list_keys
@@ -46,13 +46,13 @@ def test_only_served_requests_leave_access_markers(settings: Settings, s3_client
         for url, headers, status in refused:
             assert http.get(url, headers=headers).status_code == status, url
         flush_access_markers(served)
-        prefix = access_prefix(served.origin.layout)
+        prefix = served.origin.layout.access_prefix()
         assert list_keys(s3_client, settings.bucket, prefix) == []
 
         # What was served leaves one marker, for its study.
         assert http.get(served.frames_url(known, "2"), headers=SINGLE).status_code == 200
         assert flush_access_markers(served) == 1
-        key = access_key(served.origin.layout, known.study)
+        key = served.origin.layout.access_marker(known.study)
         assert list_keys(s3_client, settings.bucket, prefix) == [key]
         body = s3_client.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
         assert decode_marker(body)[0] == known.study
@@ -66,7 +66,7 @@ def test_metadata_and_not_modified_answers_count_as_reads(
     # One public URL: both origins render the same bytes, hence the same ETag.
     settings = settings.with_overrides(public_url="https://viewer.example")
     with run_origin(settings) as served, httpx.Client(timeout=30) as http:
-        key = access_key(served.origin.layout, known.study)
+        key = served.origin.layout.access_marker(known.study)
         first = http.get(f"{served.root}/studies/{known.study}/metadata")
         assert first.status_code == 200
         assert flush_access_markers(served) == 1

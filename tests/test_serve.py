@@ -57,10 +57,10 @@ def test_serve_stops_on_a_signal_even_with_sigint_ignored(s3_store, settings, st
 
 def test_serve_passes_flags_to_its_workers_but_never_secrets() -> None:
     settings = Settings(
-        bucket="b", prefix="clinic", port=9000, aws_access_key_id="AKIA", aws_secret_access_key="s"
+        bucket="clinic-bucket", prefix="clinic", port=9000, aws_access_key_id="AKIA", aws_secret_access_key="s"
     )
     environ: dict[str, str] = {}
     export_settings(settings, environ)
-    assert environ["FRAMECDN_BUCKET"] == "b" and environ["FRAMECDN_PORT"] == "9000"
+    assert environ["FRAMECDN_BUCKET"] == "clinic-bucket" and environ["FRAMECDN_PORT"] == "9000"
     assert environ["FRAMECDN_PREFIX"] == "clinic"
     assert "AWS_SECRET_ACCESS_KEY" not in environ and "AWS_ACCESS_KEY_ID" not in environ

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from framecdn.errors import StoreError
-from framecdn.framestore.access import access_key, encode_marker, read_last_access
+from framecdn.framestore.access import encode_marker, read_last_access
 from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.keys import KeyLayout
 from framecdn.framestore.retention import RETENTION_TAG
@@ -44,7 +44,7 @@ def mark(client, settings, name: str, when: float) -> None:
     layout = KeyLayout(settings.prefix)
     uid = study_uid(name)
     client.put_object(
-        Bucket=settings.bucket, Key=access_key(layout, uid), Body=encode_marker(uid, when)
+        Bucket=settings.bucket, Key=layout.access_marker(uid), Body=encode_marker(uid, when)
     )
 
 
@@ -127,10 +127,10 @@ def test_stale_markers_are_dropped(s3_client, bucket, settings, studies):
     mark(s3_client, settings, "A", time.time())
     gone = "1.2.826.0.1.3680043.20.999"
     s3_client.put_object(
-        Bucket=settings.bucket, Key=access_key(layout, gone), Body=encode_marker(gone, 1.0)
+        Bucket=settings.bucket, Key=layout.access_marker(gone), Body=encode_marker(gone, 1.0)
     )
     report = sweep(bucket, layout)
-    assert report.markers_removed == [access_key(layout, gone)]
+    assert report.markers_removed == [layout.access_marker(gone)]
     assert set(read_last_access(bucket, layout)) == {study_uid("A")}
 
 

@@ -25,11 +25,6 @@ if TYPE_CHECKING:
 ACCESS_FLUSH_SECONDS = 3600
 
 
-def access_key(layout: KeyLayout, study: str) -> str:
-    """The marker key of a study (built by :meth:`KeyLayout.access_marker`)."""
-    return layout.access_marker(study)
-
-
 def encode_marker(study: str, last_access: float) -> bytes:
     return json.dumps({"study": study, "last_access": last_access}).encode()
 

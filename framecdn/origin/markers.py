@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from framecdn.framestore.access import AccessRecorder, access_key, encode_marker
+from framecdn.framestore.access import AccessRecorder, encode_marker
 from framecdn.framestore.keys import KeyLayout
 from framecdn.origin.storage import ObjectStore, S3Error
 
@@ -23,7 +23,7 @@ async def flush_once(store: ObjectStore, layout: KeyLayout, recorder: AccessReco
     for study, last_access in list(recorder.due()):
         try:
             await store.put_bytes(
-                access_key(layout, study), encode_marker(study, last_access), "application/json"
+                layout.access_marker(study), encode_marker(study, last_access), "application/json"
             )
             written += 1
         except S3Error as exc:

@@ -24,6 +24,7 @@ COMMANDS = [
     "framecdn.cli.demo",
     "framecdn.cli.lifecycle",
     "framecdn.cli.eviction",
+    "framecdn.cli.follow_orthanc",
 ]
 
 

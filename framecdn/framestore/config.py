@@ -47,6 +47,23 @@ class Settings:
     # Ingest
     ingest_workers: int = 8
     ingest_memory_mb: int = 64
+    # Orthanc follower
+    orthanc_url: str | None = None
+    orthanc_username: str | None = None
+    orthanc_password: str | None = None
+    orthanc_credentials_file: str | None = None
+    orthanc_timeout: float = 60.0
+    follow_trigger: str = "NewInstance"
+    follow_concurrency: int = 2
+    follow_poll_seconds: float = 2.0
+    follow_retry_seconds: float = 1.0
+    follow_retry_max_seconds: float = 60.0
+    follow_max_attempts: int = 5
+    follow_modalities: tuple[str, ...] = ()
+    follow_sop_classes: tuple[str, ...] = ()
+    follow_min_frames: int = 1
+    follow_shard: str = "0/1"
+    follow_feed_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.delivery not in DELIVERY_MODES:
@@ -160,6 +177,68 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "FRAMECDN_INGEST_MEMORY_MB": (
         "ingest_memory_mb",
         "Frame bytes ingest holds in memory at once (default 64; one frame always fits).",
+    ),
+    "FRAMECDN_ORTHANC_URL": (
+        "orthanc_url",
+        "Orthanc REST root the follower reads, e.g. `http://orthanc:8042`.",
+    ),
+    "FRAMECDN_ORTHANC_USERNAME": ("orthanc_username", "Orthanc user of the follower."),
+    "FRAMECDN_ORTHANC_PASSWORD": ("orthanc_password", "Password of that Orthanc user."),
+    "FRAMECDN_ORTHANC_CREDENTIALS_FILE": (
+        "orthanc_credentials_file",
+        "File holding `user:password` for Orthanc (instead of the two variables above).",
+    ),
+    "FRAMECDN_ORTHANC_TIMEOUT": (
+        "orthanc_timeout",
+        "Seconds the follower waits for Orthanc to connect or send data (default 60).",
+    ),
+    "FRAMECDN_FOLLOW_TRIGGER": (
+        "follow_trigger",
+        "`NewInstance` (default: ingest each instance as it arrives) or `StableSeries` "
+        "(whole series once Orthanc considers them complete).",
+    ),
+    "FRAMECDN_FOLLOW_CONCURRENCY": (
+        "follow_concurrency",
+        "Instances the follower downloads and ingests at once (default 2).",
+    ),
+    "FRAMECDN_FOLLOW_POLL_SECONDS": (
+        "follow_poll_seconds",
+        "Seconds between polls of Orthanc's change feed when it has nothing new (default 2).",
+    ),
+    "FRAMECDN_FOLLOW_RETRY_SECONDS": (
+        "follow_retry_seconds",
+        "First retry delay after a failure; doubles each time (default 1).",
+    ),
+    "FRAMECDN_FOLLOW_RETRY_MAX_SECONDS": (
+        "follow_retry_max_seconds",
+        "Longest retry delay (default 60).",
+    ),
+    "FRAMECDN_FOLLOW_MAX_ATTEMPTS": (
+        "follow_max_attempts",
+        "Attempts before an instance that fails to ingest (with Orthanc and S3 healthy) is "
+        "reported and passed over (default 5).",
+    ),
+    "FRAMECDN_FOLLOW_MODALITIES": (
+        "follow_modalities",
+        "Comma-separated modalities to follow, e.g. `MG` (default: all).",
+    ),
+    "FRAMECDN_FOLLOW_SOP_CLASSES": (
+        "follow_sop_classes",
+        "Comma-separated SOP Class UIDs to follow (default: all).",
+    ),
+    "FRAMECDN_FOLLOW_MIN_FRAMES": (
+        "follow_min_frames",
+        "Follow only instances with at least this many frames (default 1).",
+    ),
+    "FRAMECDN_FOLLOW_SHARD": (
+        "follow_shard",
+        "`K/N`: this follower takes the instances whose SOP Instance UID hashes to K "
+        "(0-based) of N (default `0/1`).",
+    ),
+    "FRAMECDN_FOLLOW_FEED_ID": (
+        "follow_feed_id",
+        "Name of the follower's cursor in the bucket (default: from the Orthanc URL's host "
+        "and port).",
     ),
 }
 

@@ -176,3 +176,44 @@ def test_backfill_shows_progress_and_eta(orthanc, settings, s3_client, tmp_path,
     assert stats.ingested == 2  # seeds 6 and 7 are dated 2024-01-07 and -08
     bar = capsys.readouterr().err
     assert "backfill" in bar and "2/2" in bar and "<" in bar  # elapsed<remaining: the ETA
+
+
+_PEAK_RSS_CHILD = """
+import sys
+from framecdn.cli import main
+code = main(sys.argv[1:])
+with open("/proc/self/status") as status:  # this process's own peak (not the parent's)
+    print("VmHWM", [line.split()[1] for line in status if line.startswith("VmHWM:")][0])
+sys.exit(code)
+"""
+
+
+def _follow_peak_rss_mb(orthanc, s3_store, settings, feed: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_CHILD, "follow-orthanc", "--url", orthanc.url,
+         "--once", "--feed-id", feed],
+        env=environment(s3_store, settings, orthanc), check=True, capture_output=True,
+        text=True, timeout=300,
+    )
+    assert "1 ingested" in done.stdout, done.stdout + done.stderr
+    return int(done.stdout.split("VmHWM")[1].split()[0]) // 1024
+
+
+def test_peak_memory_does_not_grow_with_instance_size(
+    orthanc, s3_store, settings, s3_client, tmp_path
+) -> None:
+    """9.3 MB frames: an 8-frame (74 MB) and a 40-frame (372 MB) instance through Orthanc."""
+    shape = {"rows": 2457, "columns": 1890}
+    small = write_tomosynthesis(tmp_path / "small.dcm", frames=8, seed=1, **shape)
+    big = write_tomosynthesis(tmp_path / "big.dcm", frames=40, seed=2, **shape)
+    orthanc.upload(small.path)
+    small.path.unlink()
+    rss_small = _follow_peak_rss_mb(orthanc, s3_store, settings, "small")
+    orthanc.upload(big.path)
+    big.path.unlink()
+    # Same feed id: this run resumes after the small instance and takes only the big one.
+    rss_big = _follow_peak_rss_mb(orthanc, s3_store, settings, "small")
+    print(f"follower peak RSS: 74 MB instance {rss_small} MB, 372 MB instance {rss_big} MB")
+    assert is_stored(s3_client, settings, big)
+    assert rss_big < 250
+    assert rss_big - rss_small < 40

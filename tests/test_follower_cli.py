@@ -152,6 +152,8 @@ def test_wrong_credentials_are_one_line_and_exit_1(orthanc, s3_store, settings, 
         (["--since", "2024-01-01"], "--since goes with --backfill"),
         (["--shard", "2/2"], "K must be 0..N-1"),
         (["--credentials-file", "/nonexistent/creds"], "cannot read Orthanc credentials file"),
+        (["--url", "http://user:secret@127.0.0.1:9"], "the Orthanc URL carries credentials"),
+        (["--url", "orthanc:8042"], "is not http(s)://host[:port]"),
     ],
 )
 def test_usage_errors(argv, message, s3_store, settings) -> None:
@@ -190,10 +192,22 @@ sys.exit(code)
 
 def _follow_peak_rss_mb(orthanc, s3_store, settings, feed: str) -> int:
     done = subprocess.run(
-        [sys.executable, "-c", _PEAK_RSS_CHILD, "follow-orthanc", "--url", orthanc.url,
-         "--once", "--feed-id", feed],
-        env=environment(s3_store, settings, orthanc), check=True, capture_output=True,
-        text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            _PEAK_RSS_CHILD,
+            "follow-orthanc",
+            "--url",
+            orthanc.url,
+            "--once",
+            "--feed-id",
+            feed,
+        ],
+        env=environment(s3_store, settings, orthanc),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert "1 ingested" in done.stdout, done.stdout + done.stderr
     return int(done.stdout.split("VmHWM")[1].split()[0]) // 1024

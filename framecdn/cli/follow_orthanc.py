@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -206,6 +207,14 @@ def _run(args: argparse.Namespace) -> int:
     settings = follower_settings(args)
     if not settings.orthanc_url:
         raise ConfigError("no Orthanc URL: pass --url or set FRAMECDN_ORTHANC_URL")
+    url = urlsplit(settings.orthanc_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"Orthanc URL {settings.orthanc_url!r} is not http(s)://host[:port]")
+    if url.username or url.password:
+        raise ConfigError(
+            "the Orthanc URL carries credentials: put them in FRAMECDN_ORTHANC_USERNAME / "
+            "FRAMECDN_ORTHANC_PASSWORD or --credentials-file (a URL shows in ps and in logs)"
+        )
     username, password = orthanc_credentials(settings)
     orthanc = OrthancClient(
         settings.orthanc_url,

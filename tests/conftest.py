@@ -85,3 +85,25 @@ def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, s3_store: Embedded
 def bucket(settings: Settings) -> Bucket:
     """The session store's bucket, as the write side sees it."""
     return Bucket.from_settings(settings)
+
+
+@pytest.fixture
+def orthanc(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A real Orthanc with the DICOMweb plugin and an empty database; skipped without
+    Debian's orthanc packages, except under CI, where a missing server is a failure.
+
+    Series never become stable (no Stable* changes in the feed) unless a test asks, with
+    ``@pytest.mark.parametrize("orthanc", [{"stable_age": 1}], indirect=True)``.
+    """
+    import os
+
+    from tests.orthanc_fixtures import OrthancServer, missing_reason
+
+    reason = missing_reason()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
+        pytest.skip(reason)
+    options = {"stable_age": 3600, **getattr(request, "param", {})}
+    with OrthancServer(tmp_path_factory.mktemp("orthanc"), **options) as server:
+        yield server

@@ -31,6 +31,7 @@ COMMANDS = [
     "framecdn.cli.lifecycle",
     "framecdn.cli.eviction",
     "framecdn.cli.stats",
+    "framecdn.cli.follow_orthanc",
 ]
 
 #: Said at the end of every ``--help``: where storage and credentials come from.

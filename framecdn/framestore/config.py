@@ -117,6 +117,14 @@ def non_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+def shard(value: str) -> str | None:
+    """``K/N`` with 0 <= K < N."""
+    match = re.fullmatch(r"(\d+)/(\d+)", value.strip())
+    if match is None or not int(match[1]) < int(match[2]):
+        return "must be K/N with 0 <= K < N (e.g. 0/2)"
+    return None
+
+
 # Settings ----------------------------------------------------------------------------
 
 
@@ -287,6 +295,76 @@ class Settings:
         "FRAMECDN_INGEST_MEMORY_MB", 64,
         "Frame bytes (MiB) ingest holds in memory at once; one frame always fits.",
         check=at_least(1),
+    )
+    # Orthanc follower
+    orthanc_url: str | None = setting(
+        "FRAMECDN_ORTHANC_URL", None,
+        "Orthanc REST root the follower reads, e.g. `http://orthanc:8042`.", check=http_url,
+    )
+    orthanc_username: str | None = setting(
+        "FRAMECDN_ORTHANC_USERNAME", None, "Orthanc user of the follower."
+    )
+    orthanc_password: str | None = setting(
+        "FRAMECDN_ORTHANC_PASSWORD", None, "Password of that Orthanc user.", secret=True
+    )
+    orthanc_credentials_file: str | None = setting(
+        "FRAMECDN_ORTHANC_CREDENTIALS_FILE", None,
+        "File holding `user:password` for Orthanc (instead of the two variables above).",
+    )
+    orthanc_timeout: float = setting(
+        "FRAMECDN_ORTHANC_TIMEOUT", 60.0,
+        "Seconds the follower waits for Orthanc to connect or send data.", check=positive,
+    )
+    follow_trigger: str = setting(
+        "FRAMECDN_FOLLOW_TRIGGER", "NewInstance",
+        "`NewInstance` (ingest each instance as it arrives) or `StableSeries` (whole series "
+        "once Orthanc considers them complete).",
+        check=one_of("NewInstance", "StableSeries"),
+    )
+    follow_concurrency: int = setting(
+        "FRAMECDN_FOLLOW_CONCURRENCY", 2,
+        "Instances the follower downloads and ingests at once.", check=at_least(1),
+    )
+    follow_poll_seconds: float = setting(
+        "FRAMECDN_FOLLOW_POLL_SECONDS", 2.0,
+        "Seconds between polls of Orthanc's change feed when it has nothing new.",
+        check=positive,
+    )
+    follow_retry_seconds: float = setting(
+        "FRAMECDN_FOLLOW_RETRY_SECONDS", 1.0,
+        "First retry delay after a failure; doubles each time.", check=positive,
+    )
+    follow_retry_max_seconds: float = setting(
+        "FRAMECDN_FOLLOW_RETRY_MAX_SECONDS", 60.0, "Longest retry delay.", check=positive
+    )
+    follow_max_attempts: int = setting(
+        "FRAMECDN_FOLLOW_MAX_ATTEMPTS", 5,
+        "Attempts before an instance that fails to ingest (with Orthanc and S3 healthy) is "
+        "reported and passed over.",
+        check=at_least(1),
+    )
+    follow_modalities: tuple[str, ...] = setting(
+        "FRAMECDN_FOLLOW_MODALITIES", (),
+        "Comma-separated modalities to follow, e.g. `MG`; empty means all.",
+    )
+    follow_sop_classes: tuple[str, ...] = setting(
+        "FRAMECDN_FOLLOW_SOP_CLASSES", (),
+        "Comma-separated SOP Class UIDs to follow; empty means all.",
+    )
+    follow_min_frames: int = setting(
+        "FRAMECDN_FOLLOW_MIN_FRAMES", 1,
+        "Follow only instances with at least this many frames.", check=at_least(0),
+    )
+    follow_shard: str = setting(
+        "FRAMECDN_FOLLOW_SHARD", "0/1",
+        "`K/N`: this follower takes the instances whose SOP Instance UID hashes to K "
+        "(0-based) of N.",
+        check=shard,
+    )
+    follow_feed_id: str | None = setting(
+        "FRAMECDN_FOLLOW_FEED_ID", None,
+        "Name of the follower's cursor in the bucket; unset means one made from the Orthanc "
+        "URL's host and port.",
     )
 
     def __post_init__(self) -> None:

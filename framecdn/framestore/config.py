@@ -121,7 +121,7 @@ def shard(value: str) -> str | None:
     """``K/N`` with 0 <= K < N."""
     match = re.fullmatch(r"(\d+)/(\d+)", value.strip())
     if match is None or not int(match[1]) < int(match[2]):
-        return "must be K/N with 0 <= K < N (e.g. 0/2)"
+        return "is not a shard: K/N where K must be 0..N-1 (0-based), e.g. 0/2 and 1/2"
     return None
 
 

@@ -125,6 +125,12 @@ class KeyLayout:
         study = object_key[len(self.access_prefix()) :]
         return study if is_valid_uid(study) else None
 
+    def follower_cursor(self, feed_id: str, shard_index: int, shard_count: int) -> str:
+        """An Orthanc follower's cursor: one per feed and shard (no retention tag)."""
+        if not _FEED_ID.fullmatch(feed_id) or feed_id in (".", ".."):
+            raise InvalidPrefix(f"feed id {feed_id!r} may hold only letters, digits, '.', '_', '-'")
+        return f"{self.prefix}followers/orthanc/{feed_id}/shard-{shard_index}-of-{shard_count}.json"
+
     def parse_index_key(self, object_key: str) -> InstanceKey | None:
         """The instance an ``index.json`` key under this prefix belongs to, or None."""
         parsed = parse_object_key(object_key)
@@ -133,6 +139,7 @@ class KeyLayout:
         return parsed.instance
 
 
+_FEED_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 Part = Literal["frame", "metadata", "index"]
 _OBJECT_KEY = re.compile(
     r"^(?P<prefix>(?:[^/]+/)*?)studies/(?P<study>[0-9.]+)/series/(?P<series>[0-9.]+)"

@@ -15,12 +15,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from framecdn.errors import ConfigError, StoreError
+from framecdn.errors import StoreError
 from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.keys import KeyLayout
 from framecdn.ingest.follow_selection import Shard
-
-_FEED_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 
 def default_feed_id(url: str) -> str:
@@ -33,9 +31,7 @@ def default_feed_id(url: str) -> str:
 
 def cursor_key(layout: KeyLayout, feed_id: str, shard: Shard) -> str:
     """``{prefix}followers/orthanc/{feed}/shard-K-of-N.json``: one cursor per feed and shard."""
-    if not _FEED_ID.match(feed_id) or feed_id in (".", ".."):
-        raise ConfigError(f"feed id {feed_id!r} may hold only letters, digits, '.', '_', '-'")
-    return f"{layout.prefix}followers/orthanc/{feed_id}/shard-{shard.index}-of-{shard.count}.json"
+    return layout.follower_cursor(feed_id, shard.index, shard.count)
 
 
 class FeedCursor:

@@ -153,7 +153,7 @@ def test_wrong_credentials_are_one_line_and_exit_1(orthanc, s3_store, settings, 
         (["--shard", "2/2"], "K must be 0..N-1"),
         (["--credentials-file", "/nonexistent/creds"], "cannot read Orthanc credentials file"),
         (["--url", "http://user:secret@127.0.0.1:9"], "the Orthanc URL carries credentials"),
-        (["--url", "orthanc:8042"], "is not http(s)://host[:port]"),
+        (["--url", "orthanc:8042"], "must be an http:// or https:// URL"),
     ],
 )
 def test_usage_errors(argv, message, s3_store, settings) -> None:

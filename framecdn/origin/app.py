@@ -29,6 +29,7 @@ from framecdn.origin.instances import InstanceIndexes
 from framecdn.origin.markers import flush_forever, flush_once
 from framecdn.origin.metadata import MetadataService, metadata_endpoint
 from framecdn.origin.metrics import Metrics, MetricsMiddleware
+from framecdn.origin.scope import ReadScope
 from framecdn.origin.storage import ObjectStore
 from framecdn.origin.upstream import Upstream
 from framecdn.origin.urls import normalise_root
@@ -43,7 +44,9 @@ class Origin:
         self.layout = KeyLayout(settings.prefix)
         self.metrics = Metrics()
         self.store = ObjectStore(settings)
-        self.indexes = InstanceIndexes(settings, self.store, self.layout, self.metrics, upstream)
+        #: Where requests read when no access control narrows it: this origin's prefix.
+        self.default_scope = ReadScope((self.layout,))
+        self.indexes = InstanceIndexes(settings, self.store, self.metrics, upstream)
         self.metadata = MetadataService(self)
         self.delivery = Delivery(settings)
         self.recorder = AccessRecorder(settings.access_marker_seconds)

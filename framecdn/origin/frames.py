@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
-from framecdn.framestore.index import InstanceIndex
 from framecdn.framestore.keys import InstanceKey, InvalidUID
 from framecdn.origin.errors import error_response, s3_error_response
 from framecdn.origin.framelist import InvalidFrameList, check_in_range, parse_frame_list
+from framecdn.origin.instances import Found
 from framecdn.origin.metrics import label
 from framecdn.origin.multipart import MultipartLayout, Part
 from framecdn.origin.negotiation import NotAcceptable, Representation, negotiate
 from framecdn.origin.ranges import RangeNotSatisfiable, if_range_allows, parse_range
+from framecdn.origin.scope import read_scope
 from framecdn.origin.storage import ObjectMissing, ObjectStream, S3Error
 from framecdn.origin.streaming import ClosingStreamingResponse, multipart_body, single_body
 from framecdn.origin.urls import dicomweb_root, frame_url
@@ -69,11 +70,12 @@ async def _frames(request: Request, origin: Origin) -> Response:
     except (InvalidUID, InvalidFrameList) as exc:
         return error_response(400, str(exc))
     try:
-        index = await origin.indexes.get(key)
+        found = await origin.indexes.locate(key, read_scope(request))
     except S3Error as exc:
         return s3_error_response(request, exc)
-    if index is None:
+    if found is None:
         return error_response(404, "instance not found")
+    index = found.index
     try:
         check_in_range(numbers, index.number_of_frames)
     except InvalidFrameList as exc:
@@ -100,7 +102,7 @@ async def _frames(request: Request, origin: Origin) -> Response:
         if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         return await _stream_multipart(
-            request, origin, index, numbers, layout, representation, headers
+            request, origin, found, numbers, layout, representation, headers
         )
 
     number = numbers[0]
@@ -109,7 +111,7 @@ async def _frames(request: Request, origin: Origin) -> Response:
     headers["ETag"] = etag
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    object_key = origin.layout.frame(key, number)
+    object_key = found.layout.frame(key, number)
     if origin.delivery.mode == "redirect":
         label(request.scope, mode="redirect")
         return origin.delivery.redirect(object_key, headers)
@@ -119,14 +121,14 @@ async def _frames(request: Request, origin: Origin) -> Response:
         return origin.delivery.accel(object_key, headers)
     label(request.scope, mode="stream")
     return await _stream_single(
-        request, origin, index, object_key, entry.size, representation, headers
+        request, origin, found, object_key, entry.size, representation, headers
     )
 
 
 async def _stream_single(
     request: Request,
     origin: Origin,
-    index: InstanceIndex,
+    found: Found,
     object_key: str,
     size: int,
     representation: Representation,
@@ -150,14 +152,14 @@ async def _stream_single(
     headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media_type)
-    stream = await _open_first_frame(request, origin, index, object_key, byte_range)
+    stream = await _open_first_frame(request, origin, found, object_key, byte_range)
     if isinstance(stream, Response):
         return stream
     if stream.content_length not in (-1, length):
         await stream.aclose()
-        origin.indexes.mark_stale(index.key, index)
+        origin.indexes.mark_stale(found)
         return error_response(404, "frame object does not match the index (being evicted)")
-    body = single_body(stream, length, _on_broken(origin, index), origin.chunk_size)
+    body = single_body(stream, length, _on_broken(origin, found), origin.chunk_size)
     return ClosingStreamingResponse(
         body, status_code=status, headers=headers, media_type=media_type
     )
@@ -166,7 +168,7 @@ async def _stream_single(
 async def _stream_multipart(
     request: Request,
     origin: Origin,
-    index: InstanceIndex,
+    found: Found,
     numbers: tuple[int, ...],
     layout: MultipartLayout,
     representation: Representation,
@@ -176,8 +178,8 @@ async def _stream_multipart(
     headers["Content-Length"] = str(layout.content_length)
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers, media_type=media_type)
-    keys = [origin.layout.frame(index.key, n) for n in numbers]
-    first = await _open_first_frame(request, origin, index, keys[0])
+    keys = [found.layout.frame(found.key, n) for n in numbers]
+    first = await _open_first_frame(request, origin, found, keys[0])
     if isinstance(first, Response):
         return first
     body = multipart_body(
@@ -185,7 +187,7 @@ async def _stream_multipart(
         layout,
         keys,
         first,
-        _on_broken(origin, index),
+        _on_broken(origin, found),
         prefetch=origin.prefetch,
         chunk_size=origin.chunk_size,
     )
@@ -195,7 +197,7 @@ async def _stream_multipart(
 async def _open_first_frame(
     request: Request,
     origin: Origin,
-    index: InstanceIndex,
+    found: Found,
     object_key: str,
     byte_range: tuple[int, int] | None = None,
 ) -> ObjectStream | Response:
@@ -203,17 +205,17 @@ async def _open_first_frame(
     try:
         return await origin.store.open(object_key, byte_range=byte_range)
     except ObjectMissing:
-        origin.indexes.mark_stale(index.key, index)
+        origin.indexes.mark_stale(found)
         return error_response(404, "frame not found (instance is being evicted)")
     except S3Error as exc:
         return s3_error_response(request, exc)
 
 
-def _on_broken(origin: Origin, index: InstanceIndex) -> Callable[[], None]:
+def _on_broken(origin: Origin, found: Found) -> Callable[[], None]:
     """What a body does when a frame turns out missing or short mid-stream."""
 
     def broken() -> None:
-        origin.indexes.mark_stale(index.key, index)
+        origin.indexes.mark_stale(found)
         origin.metrics.aborted_streams.inc()
 
     return broken

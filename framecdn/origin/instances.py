@@ -14,13 +14,31 @@ deletes the stale index from the bucket.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex, InvalidIndex
 from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.origin.cache import TTLCache
 from framecdn.origin.metrics import Metrics
+from framecdn.origin.scope import ReadScope
 from framecdn.origin.storage import ObjectMissing, ObjectStore
 from framecdn.origin.upstream import NoUpstream, Upstream
+
+#: Cache key of one instance under one layout (several sites may share a bucket).
+Located = tuple[str, InstanceKey]
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A committed instance: the layout (site) it was found under, and its index."""
+
+    layout: KeyLayout
+    index: InstanceIndex
+
+    @property
+    def key(self) -> InstanceKey:
+        return self.index.key
 
 
 class InstanceIndexes:
@@ -30,55 +48,69 @@ class InstanceIndexes:
         self,
         settings: Settings,
         store: ObjectStore,
-        layout: KeyLayout,
         metrics: Metrics,
         upstream: Upstream | None = None,
     ) -> None:
         self.store = store
-        self.layout = layout
         self.metrics = metrics
         self.upstream: Upstream = upstream or NoUpstream()
         entries = settings.index_cache_entries
-        self.cache: TTLCache[InstanceKey, InstanceIndex] = TTLCache(
+        self.cache: TTLCache[Located, InstanceIndex] = TTLCache(
             entries, settings.index_cache_seconds
         )
-        self.stale: TTLCache[InstanceKey, str] = TTLCache(entries, settings.stale_index_seconds)
+        self.stale: TTLCache[Located, str] = TTLCache(entries, settings.stale_index_seconds)
 
-    async def _load(self, key: InstanceKey) -> InstanceIndex | None:
+    async def _load(self, key: InstanceKey, layout: KeyLayout) -> InstanceIndex | None:
         try:
-            raw = await self.store.get_bytes(self.layout.index(key))
+            raw = await self.store.get_bytes(layout.index(key))
         except ObjectMissing:
             return None
         try:
             index = InstanceIndex.from_json(raw)
         except InvalidIndex:
             return None  # unreadable commit marker: treat as not committed
-        if self.stale.get(key) == index.generation:
+        if self.stale.get((layout.prefix, key)) == index.generation:
             return None  # the index of a half-evicted instance: not there any more
         return index
 
-    async def get(self, key: InstanceKey) -> InstanceIndex | None:
-        """The instance's index, or None (after giving the upstream its chance)."""
-        cached = self.cache.get(key)
+    async def get(self, key: InstanceKey, layout: KeyLayout) -> InstanceIndex | None:
+        """The instance's index under ``layout``, or None when it is not committed there."""
+        located = (layout.prefix, key)
+        cached = self.cache.get(located)
         if cached is not None:
             self.metrics.index_cache.labels("hit").inc()
-            self.metrics.lookups.labels("hit").inc()
             return cached
         self.metrics.index_cache.labels("miss").inc()
-        index = await self.cache.get_or_load(key, lambda: self._load(key))
-        if index is None:
+        return await self.cache.get_or_load(located, lambda: self._load(key, layout))
+
+    async def locate(self, key: InstanceKey, scope: ReadScope) -> Found | None:
+        """The instance under the first of the scope's layouts that holds it, or None.
+
+        A study outside the scope is looked for nowhere, so it is "not found" exactly
+        like a study that does not exist. The upstream gets its chance only when the
+        scope allows it.
+        """
+        found: Found | None = None
+        for layout in scope.layouts_for(key.study):
+            index = await self.get(key, layout)
+            if index is not None:
+                found = Found(layout, index)
+                break
+        if found is None and scope.upstream and scope.allows(key.study) and scope.layouts:
             index = await self.upstream.fill(key)
             if index is not None:
                 self.metrics.upstream_fills.inc()
-                self.cache.put(key, index)
-        self.metrics.lookups.labels("hit" if index is not None else "miss").inc()
-        return index
+                self.cache.put((scope.layouts[0].prefix, key), index)
+                found = Found(scope.layouts[0], index)
+        self.metrics.lookups.labels("hit" if found is not None else "miss").inc()
+        return found
 
-    def forget(self, key: InstanceKey) -> None:
+    def forget(self, key: InstanceKey, layout: KeyLayout) -> None:
         """Drop a cached index, so the next request reads it from the bucket again."""
-        self.cache.drop(key)
+        self.cache.drop((layout.prefix, key))
 
-    def mark_stale(self, key: InstanceKey, index: InstanceIndex) -> None:
+    def mark_stale(self, found: Found) -> None:
         """An object of this instance is missing: ignore this index from now on."""
-        self.stale.put(key, index.generation)
-        self.cache.drop(key)
+        located = (found.layout.prefix, found.key)
+        self.stale.put(located, found.index.generation)
+        self.cache.drop(located)

@@ -25,12 +25,14 @@ from urllib.parse import urljoin
 from starlette.requests import Request
 from starlette.responses import Response
 
-from framecdn.framestore.keys import InstanceKey, InvalidUID
+from framecdn.framestore.keys import InstanceKey, InvalidUID, KeyLayout, validate_uid
 from framecdn.origin.cache import TTLCache
 from framecdn.origin.errors import error_response, s3_error_response
 from framecdn.origin.frames import SERVED, etag_matches
+from framecdn.origin.instances import Found
 from framecdn.origin.metrics import label
 from framecdn.origin.negotiation import accepts
+from framecdn.origin.scope import ReadScope, read_scope
 from framecdn.origin.storage import ObjectMissing, S3Error
 from framecdn.origin.urls import dicomweb_root
 
@@ -98,7 +100,7 @@ class MetadataService:
     def __init__(self, origin: Origin) -> None:
         settings = origin.settings
         self.origin = origin
-        self.objects: TTLCache[InstanceKey, dict[str, Any]] = TTLCache(
+        self.objects: TTLCache[tuple[str, InstanceKey], dict[str, Any]] = TTLCache(
             settings.metadata_cache_entries, settings.metadata_cache_seconds
         )
         self.rendered: TTLCache[tuple[str, str], RenderedMetadata] = TTLCache(
@@ -106,41 +108,53 @@ class MetadataService:
         )
         self.fetch_concurrency = settings.metadata_fetch_concurrency
 
-    async def instance_object(self, key: InstanceKey) -> dict[str, Any] | None:
+    async def instance_object(self, found: Found) -> dict[str, Any] | None:
         """The stored DICOM JSON object of a committed instance, or None."""
-        index = await self.origin.indexes.get(key)
-        if index is None:
-            return None
+        object_key = found.layout.metadata(found.key)
 
         async def load() -> dict[str, Any] | None:
             try:
-                raw = await self.origin.store.get_bytes(self.origin.layout.metadata(key))
+                raw = await self.origin.store.get_bytes(object_key)
             except ObjectMissing:
-                self.origin.indexes.mark_stale(key, index)
+                self.origin.indexes.mark_stale(found)
                 return None
             data = json.loads(raw)
             obj = data[0] if isinstance(data, list) and data else data
             if not isinstance(obj, dict):
-                raise S3Error(f"{self.origin.layout.metadata(key)} is not a DICOM JSON object")
+                raise S3Error(f"{object_key} is not a DICOM JSON object")
             return obj
 
-        return await self.objects.get_or_load(key, load)
+        return await self.objects.get_or_load((found.layout.prefix, found.key), load)
 
-    async def instances_under(self, prefix: str) -> list[InstanceKey]:
+    async def instances_under(self, prefix: str, layout: KeyLayout) -> list[InstanceKey]:
         keys = await self.origin.store.list_keys(prefix)
-        found = (self.origin.layout.parse_index_key(k) for k in keys)
+        found = (layout.parse_index_key(k) for k in keys)
         return [key for key in found if key is not None]
 
-    async def objects_under(self, prefix: str) -> list[dict[str, Any]]:
+    async def objects_under(self, prefix: str, layout: KeyLayout) -> list[dict[str, Any]]:
+        """The DICOM JSON of every committed instance under ``prefix`` of ``layout``."""
         semaphore = asyncio.Semaphore(self.fetch_concurrency)
 
         async def one(key: InstanceKey) -> dict[str, Any] | None:
             async with semaphore:
-                return await self.instance_object(key)
+                index = await self.origin.indexes.get(key, layout)
+                if index is None:
+                    return None
+                return await self.instance_object(Found(layout, index))
 
-        keys = await self.instances_under(prefix)
+        keys = await self.instances_under(prefix, layout)
         results = await asyncio.gather(*(one(key) for key in keys))
         return [obj for obj in results if obj is not None]
+
+    async def objects_in_scope(
+        self, scope: ReadScope, study: str, series: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A study's (or series') instances under every layout the scope may read."""
+        objects: list[dict[str, Any]] = []
+        for layout in scope.layouts_for(study):
+            prefix = layout.series_prefix(study, series) if series else layout.study_prefix(study)
+            objects += await self.objects_under(prefix, layout)
+        return objects
 
     async def render(
         self, level_key: str, root_url: str, load: ObjectsLoader
@@ -169,28 +183,33 @@ async def _metadata(request: Request, origin: Origin) -> Response:
     if not accepts_json(request.headers.get("accept")):
         return error_response(406, f"metadata is served as {MEDIA_TYPE}", available=[MEDIA_TYPE])
     load: ObjectsLoader
+    scope = read_scope(request)
     try:
-        study = params["study"]
-        layout = origin.layout
+        study = validate_uid(params["study"], what="StudyInstanceUID")
+        layouts = scope.layouts_for(study)
         if "instance" in params:
             key = InstanceKey(study, params["series"], params["instance"])
-            level_key = layout.instance_prefix(key)
+            level_key = "|".join(layout.instance_prefix(key) for layout in layouts)
 
             async def load() -> list[dict[str, Any]]:
-                obj = await service.instance_object(key)
+                found = await origin.indexes.locate(key, scope)
+                obj = await service.instance_object(found) if found is not None else None
                 return [obj] if obj is not None else []
 
             label(request.scope, route="metadata_instance")
         elif "series" in params:
-            level_key = layout.series_prefix(study, params["series"])
-            load = functools.partial(service.objects_under, level_key)
+            series = validate_uid(params["series"], what="SeriesInstanceUID")
+            level_key = "|".join(layout.series_prefix(study, series) for layout in layouts)
+            load = functools.partial(service.objects_in_scope, scope, study, series)
             label(request.scope, route="metadata_series")
         else:
-            level_key = layout.study_prefix(study)
-            load = functools.partial(service.objects_under, level_key)
+            level_key = "|".join(layout.study_prefix(study) for layout in layouts)
+            load = functools.partial(service.objects_in_scope, scope, study)
             label(request.scope, route="metadata_study")
     except InvalidUID as exc:
         return error_response(400, str(exc))
+    if not level_key:  # out of scope: answered exactly like a study that is not there
+        return error_response(404, "not found")
     root_url = dicomweb_root(request, origin.root, origin.settings.public_url)
     try:
         rendered = await service.render(level_key, root_url, load)

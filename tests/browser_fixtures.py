@@ -38,7 +38,9 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import psutil
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from framecdn.framestore.config import Settings
 from tests.nginx_fixtures import nginx_binary_or_none, run_nginx
@@ -61,8 +63,8 @@ class BrowserUnavailable(Exception):
 
 def unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
-        pytest.fail(f"browser tests cannot run under CI: {reason}", pytrace=False)
-    pytest.skip(reason)
+        raise pytest.fail.Exception(f"browser tests cannot run under CI: {reason}", pytrace=False)
+    raise pytest.skip.Exception(reason)
 
 
 # The toolchain ---------------------------------------------------------------------------
@@ -156,6 +158,42 @@ def unpack_ohif() -> Path:
     return out / "dist"
 
 
+#: The DICOMweb server OHIF's shipped app-config.js points at (its public demo).
+OHIF_DEMO_ROOT = "https://d14fa38qiwhyfd.cloudfront.net/dicomweb"
+
+
+def ohif_app_config(dist: Path, root: str) -> bytes:
+    """OHIF's own ``app-config.js`` with its one DICOMweb data source pointed at ``root``
+    (QIDO, WADO-RS and WADO-URI roots) and thumbnails rendered from frames; every other
+    setting is OHIF's default (lazy study loading, unquoted multipart Accept, ...)."""
+    text = (dist / "app-config.js").read_text()
+    replacements = {
+        f"wadoUriRoot: '{OHIF_DEMO_ROOT}'": f"wadoUriRoot: '{root}'",
+        f"qidoRoot: '{OHIF_DEMO_ROOT}'": f"qidoRoot: '{root}'",
+        f"wadoRoot: '{OHIF_DEMO_ROOT}'": f"wadoRoot: '{root}'",
+        "thumbnailRendering: 'thumbnail'": "thumbnailRendering: 'wadors'",
+        "friendlyName: 'AWS S3 Static wado server'": "friendlyName: 'framecdn'",
+    }
+    for old, new in replacements.items():
+        if text.count(old) != 1:
+            raise AssertionError(f"OHIF's app-config.js changed: {old!r} is not there once")
+        text = text.replace(old, new)
+    if OHIF_DEMO_ROOT in text:
+        raise AssertionError("OHIF's app-config.js still points at its demo server")
+    return text.encode()
+
+
+def copy_with_new_uids(source: str | Path, target: Path) -> Path:
+    """pydicom's test files share UIDs: give each copy its own (pixel data untouched)."""
+    ds = pydicom.dcmread(source)
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
 @dataclass(frozen=True)
 class Toolchain:
     """What a browser test needs: node, the installed packages, Chromium."""
@@ -220,6 +258,11 @@ class Exchange:
         return None
 
     @property
+    def ok(self) -> bool:
+        """Answered 2xx (and the body arrived)."""
+        return self.error is None and self.status is not None and 200 <= self.status < 300
+
+    @property
     def is_preflight(self) -> bool:
         return self.type == "Preflight" or self.method == "OPTIONS"
 
@@ -254,11 +297,14 @@ class BrowserRun:
         if self.error is not None:
             raise AssertionError(f"browser run failed: {self.error}\n{self.transcript()}")
 
-    def step_value(self, index: int) -> Any:
+    def step_value(self, index: int, default: Any = KeyError) -> Any:
+        """What step ``index`` evaluated (``default`` if it was skipped or never ran)."""
         for event in self.events:
-            if event["event"] == "step" and event["index"] == index:
+            if event["event"] == "step" and event["index"] == index and "value" in event:
                 return event["value"]
-        raise KeyError(f"no value for step {index}")
+        if default is KeyError:
+            raise KeyError(f"no value for step {index}")
+        return default
 
     @property
     def console_errors(self) -> list[str]:
@@ -286,49 +332,45 @@ def assemble_exchanges(events: list[dict[str, Any]]) -> list[Exchange]:
     """DevTools network events -> one Exchange per request hop, in the order sent."""
     exchanges: list[Exchange] = []
     current: dict[str, Exchange] = {}
-    pending_extra: dict[str, list[dict[str, str]]] = {}
+    early_extra: dict[str, list[dict[str, str]]] = {}  # extra info may come before its request
     for event in events:
         if event["event"] != "network":
             continue
         method, params = event["method"], event["params"]
         rid = params["requestId"]
+        exchange = current.get(rid)
         if method == "Network.requestWillBeSent":
-            previous = current.get(rid)
             redirect = params.get("redirectResponse")
-            if previous is not None and redirect is not None:
-                previous.status = redirect["status"]
-                previous.response_headers = redirect["headers"]
-                previous.finished = params["timestamp"]
+            if exchange is not None and redirect is not None:  # the previous hop ends here
+                exchange.status = redirect["status"]
+                exchange.response_headers = redirect["headers"]
+                exchange.finished = params["timestamp"]
             exchange = Exchange(rid, params["url"], params["method"], params.get("type"),
                                 params["headers"], params["timestamp"])
-            extras = pending_extra.get(rid)
-            if extras:
-                exchange.extra_headers = extras.pop(0)
+            if early_extra.get(rid):
+                exchange.extra_headers = early_extra[rid].pop(0)
             current[rid] = exchange
             exchanges.append(exchange)
         elif method == "Network.requestWillBeSentExtraInfo":
-            exchange = current.get(rid)
             if exchange is not None and not exchange.extra_headers:
                 exchange.extra_headers = params["headers"]
             else:
-                pending_extra.setdefault(rid, []).append(params["headers"])
+                early_extra.setdefault(rid, []).append(params["headers"])
+        elif exchange is None:
+            continue
         elif method == "Network.responseReceived":
-            exchange = current.get(rid)
-            if exchange is not None:
-                exchange.status = params["status"]
-                exchange.response_headers = params["headers"]
-                exchange.received = params["timestamp"]
-                exchange.type = exchange.type or params.get("type")
+            exchange.status = params["status"]
+            exchange.response_headers = params["headers"]
+            exchange.received = params["timestamp"]
+            exchange.type = exchange.type or params.get("type")
         elif method == "Network.loadingFinished":
-            if (exchange := current.get(rid)) is not None:
-                exchange.finished = params["timestamp"]
+            exchange.finished = params["timestamp"]
         elif method == "Network.loadingFailed":
-            if (exchange := current.get(rid)) is not None:
-                reasons = [params.get("errorText"), params.get("blockedReason"),
-                           json.dumps(params["corsErrorStatus"])
-                           if params.get("corsErrorStatus") else None]
-                exchange.error = " ".join(r for r in reasons if r)
-                exchange.finished = params["timestamp"]
+            cors = params.get("corsErrorStatus")
+            reasons = [params.get("errorText"), params.get("blockedReason"),
+                       json.dumps(cors) if cors else None]
+            exchange.error = " ".join(r for r in reasons if r)
+            exchange.finished = params["timestamp"]
     return exchanges
 
 
@@ -401,26 +443,27 @@ def run_browser(
 # Serving pages -----------------------------------------------------------------------------
 
 
+MEDIA_TYPES = {
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".wasm": "application/wasm",  # compileStreaming insists on it
+    ".json": "application/json",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".woff2": "font/woff2",
+}
+
+
 class _StaticHandler(http.server.SimpleHTTPRequestHandler):
     """Files of one folder; unknown paths answer index.html (a single-page app); some
     paths answered from memory (OHIF's app-config.js)."""
-
-    extensions_map = {
-        **http.server.SimpleHTTPRequestHandler.extensions_map,
-        ".js": "text/javascript",
-        ".mjs": "text/javascript",
-        ".wasm": "application/wasm",
-        ".json": "application/json",
-        ".css": "text/css",
-        ".svg": "image/svg+xml",
-        ".woff2": "font/woff2",
-    }
 
     def __init__(self, *args: Any, overrides: Mapping[str, bytes], spa: bool,
                  **kwargs: Any) -> None:
         self.overrides = overrides
         self.spa = spa
-        super().__init__(*args, **kwargs)
+        self.extensions_map = {**self.extensions_map, **MEDIA_TYPES}
+        super().__init__(*args, **kwargs)  # handles the request
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -459,9 +502,12 @@ class _BytesFile:
 def serve_directory(
     directory: Path, *, overrides: Mapping[str, bytes] | None = None, spa: bool = False
 ) -> Iterator[str]:
-    """A static server for ``directory`` on 127.0.0.1:<free port>; yields its base URL."""
-    handler = partial(_StaticHandler, directory=str(directory), overrides=dict(overrides or {}),
-                      spa=spa)
+    """A static server for ``directory`` on 127.0.0.1:<free port>; yields its base URL.
+
+    ``overrides`` (path -> body) is read at each request, so a caller may fill it once it
+    knows what to put there (OHIF's config needs framecdn's URL, framecdn needs ours)."""
+    handler = partial(_StaticHandler, directory=str(directory),
+                      overrides=overrides if overrides is not None else {}, spa=spa)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)

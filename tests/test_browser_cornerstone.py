@@ -18,13 +18,14 @@ follows or never sees.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import uuid
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -32,7 +33,6 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 
 from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
@@ -41,6 +41,7 @@ from tests.browser_fixtures import (
     BrowserRun,
     BrowserUnavailable,
     Toolchain,
+    copy_with_new_uids,
     serve_directory,
     serve_framecdn,
     unavailable,
@@ -78,17 +79,6 @@ class Case:
     instance: Expected
     pixels: np.ndarray  # frames first, as pydicom decodes them
     lossy: bool
-
-
-def copy_with_new_uids(source: str, target: Path) -> Path:
-    """pydicom's test files share UIDs: give each copy its own (pixel data untouched)."""
-    ds = pydicom.dcmread(source)
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.save_as(target, enforce_file_format=True)
-    return target
 
 
 def pydicom_pixels(path: Path) -> np.ndarray:
@@ -173,7 +163,7 @@ def decoded(
             "series": [{"study": c.instance.study, "series": c.instance.series} for c in cases],
         }
         url = f"{page}/index.html?job={quote(json.dumps(job))}"
-        steps = [
+        steps: list[dict[str, Any]] = [
             {"waitFor": "window.result !== undefined", "timeoutMs": 90000},
             {"evaluate": "window.result"},
         ]

@@ -10,10 +10,11 @@
 //   {"event": "done"}
 //
 // The job is one JSON object on stdin: {executable, userDataDir, url, timeoutMs, viewport,
-// steps: [...]}. Steps: {"waitFor": "<js expression>", "timeoutMs"?}, {"evaluate": "<js>"},
-// {"wheel": {"selector", "deltaY", "times", "pauseMs"}}, {"press": {"selector"?, "key",
-// "times", "pauseMs"}}, {"screenshot": {"path", "selector"?}}, {"sleep": ms},
-// {"networkIdle": {"idleMs", "timeoutMs"}}.
+// steps: [...]}. Steps (each may carry "timeoutMs", and "when": "<js expression>" to run
+// only if the page says so): {"waitFor": "<js expression>"},
+// {"evaluate": "<js>"}, {"click": {"selector" | "text", "optional"?}}, {"wheel": {"selector",
+// "deltaY", "times", "pauseMs"}}, {"press": {"selector"?, "key", "times", "pauseMs"}},
+// {"screenshot": {"path", "selector"?}}, {"sleep": ms}, {"networkIdle": {}}.
 //
 // Network events come from the DevTools protocol rather than Playwright's request events
 // because only the protocol reports CORS preflights (type "Preflight").
@@ -107,6 +108,10 @@ const NETWORK_EVENTS = [
 
 async function runStep(page, step, index, defaultTimeout) {
   const timeout = step.timeoutMs ?? defaultTimeout;
+  if (step.when !== undefined && !(await page.evaluate(step.when))) {
+    emit('step', { index, skipped: true });
+    return;
+  }
   if (step.waitFor !== undefined) {
     await page.waitForFunction(step.waitFor, undefined, { timeout, polling: 100 });
   } else if (step.evaluate !== undefined) {
@@ -124,6 +129,14 @@ async function runStep(page, step, index, defaultTimeout) {
     for (let i = 0; i < times; i++) {
       await page.keyboard.press(key);
       await page.waitForTimeout(pauseMs);
+    }
+  } else if (step.click !== undefined) {
+    const { selector, text, optional = false } = step.click;
+    const target = (selector ? page.locator(selector) : page.getByText(text, { exact: true })).first();
+    try {
+      await target.click({ timeout });
+    } catch (error) {
+      if (!optional) throw error;
     }
   } else if (step.screenshot !== undefined) {
     const { path, selector } = step.screenshot;

@@ -402,8 +402,12 @@ def run_browser(
     timeout: float,
     user_data_dir: Path,
     viewport: Mapping[str, int] | None = None,
+    grace: float = 60,
 ) -> BrowserRun:
-    """Open ``url`` in a fresh Chromium profile, run ``steps``, return what the browser saw."""
+    """Open ``url`` in a fresh Chromium profile, run ``steps``, return what the browser saw.
+
+    The driver times its own steps out after ``timeout``; if it is still running ``grace``
+    seconds later, it and every process under it (Chromium) are killed."""
     job = {
         "executable": toolchain.chromium,
         "userDataDir": str(user_data_dir),
@@ -421,8 +425,7 @@ def run_browser(
             assert process.stdin is not None
             process.stdin.write(json.dumps(job).encode())
             process.stdin.close()
-            # The driver has its own per-step timeout; this bound covers a hung driver.
-            process.wait(timeout + 60)
+            process.wait(timeout + grace)
         except subprocess.TimeoutExpired:
             pass
         finally:

@@ -58,6 +58,7 @@ SINGLE_PART_ACCEPT = "application/octet-stream; transfer-syntax=*"
 #: pydicom's bundled files (fresh UIDs per copy); name -> (file, lossy).
 TEST_FILES = {
     "jpeg_baseline": ("SC_rgb_jpeg_dcmtk.dcm", True),  # YBR_FULL 8-bit colour, lossy
+    "jpeg_baseline_422": ("SC_rgb_dcmtk_+eb+cy+np.dcm", True),  # YBR_FULL_422: subsampled
     "jpeg_ls": ("MR_small_jpeg_ls_lossless.dcm", False),  # signed 16-bit
     "jpeg_2000": ("emri_small_jpeg_2k_lossless.dcm", False),  # 10 frames, 12 of 16 bits
     "jpeg_2000_signed": ("JPEG2000.dcm", False),  # .91 but reversible: decoders agree
@@ -66,9 +67,10 @@ TEST_FILES = {
 }
 
 #: Baseline JPEG decoders may differ: ISO/IEC 10918-2 lets a compliant IDCT be off by one
-#: per sample, and the YCbCr->RGB conversion (libjpeg-turbo in Cornerstone's worker,
-#: libjpeg behind pylibjpeg here) rounds once more. A wrong frame, a wrong colour
-#: conversion or a byte shift is off by tens or more over most of the image.
+#: per sample, and chroma upsampling and the YCbCr->RGB conversion (libjpeg-turbo in
+#: Cornerstone's worker, libjpeg behind pylibjpeg here) round once more. Seen here: 4:4:4
+#: identical, 4:2:2 max 2 (PSNR 55.5 dB). A wrong frame, a wrong colour conversion or a
+#: byte shift is off by tens or more over most of the image.
 JPEG_MAX_ABS_DIFF = 3
 JPEG_MIN_PSNR_DB = 45.0
 

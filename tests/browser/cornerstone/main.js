@@ -74,8 +74,12 @@ run().then(
     document.getElementById('status').textContent = `decoded ${images.length} frames`;
   },
   (error) => {
-    console.error('decode check failed:', error);
-    window.result = { ok: false, error: String(error?.stack ?? error) };
+    // The loader rejects with the XMLHttpRequest itself when a request fails.
+    const text = error instanceof XMLHttpRequest
+      ? `request failed: ${error.status} ${error.responseURL || '(blocked, see network)'}`
+      : String(error?.stack ?? error);
+    console.error('decode check failed:', text);
+    window.result = { ok: false, error: text };
     document.getElementById('status').textContent = 'failed';
   },
 );

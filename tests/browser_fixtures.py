@@ -1,0 +1,548 @@
+"""Real browsers for the tests: Debian's Chromium driven by playwright-core, reporting back.
+
+The npm side lives in ``tests/browser/`` (package.json and package-lock.json pinned exactly):
+``npm ci`` installs it once into ``tests/browser/node_modules`` (again only when the lock
+changes), vite builds the Cornerstone3D decode page once into ``tests/browser/.build/``, and
+the built OHIF viewer is taken from the ``@ohif/app`` tarball (``ohif-package.json`` pins its
+version and integrity; the registry here lacks some of its dependencies, and only its built
+``dist/`` is needed, so it is fetched with ``npm pack`` rather than installed).
+
+A test runs the browser through ``tests/browser/driver.mjs``: the job goes in as JSON on stdin,
+the browser's own events (DevTools network events, preflights included; console messages; page
+errors; values the page computed) come back as JSON lines. The driver and every process it
+started are killed if it outlives its time.
+
+Under CI (the ``CI`` environment variable set) a browser or npm that cannot start fails the
+test; elsewhere the test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import psutil
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from framecdn.framestore.config import Settings
+from tests.nginx_fixtures import nginx_binary_or_none, run_nginx
+from tests.origin_fixtures import run_origin
+
+REPO = Path(__file__).resolve().parent.parent
+BROWSER_DIR = REPO / "tests" / "browser"
+BUILD_DIR = BROWSER_DIR / ".build"
+CORNERSTONE_SOURCES = BROWSER_DIR / "cornerstone"
+DRIVER = BROWSER_DIR / "driver.mjs"
+OHIF_PIN = BROWSER_DIR / "ohif-package.json"
+CHROMIUM = "/usr/bin/chromium"
+NPM_TIMEOUT = 900
+BUILD_TIMEOUT = 600
+
+
+class BrowserUnavailable(Exception):
+    """npm, the build or Chromium cannot start here (a skip, or a failure under CI)."""
+
+
+def unavailable(reason: str) -> NoReturn:
+    if os.environ.get("CI"):
+        raise pytest.fail.Exception(f"browser tests cannot run under CI: {reason}", pytrace=False)
+    raise pytest.skip.Exception(reason)
+
+
+# The toolchain ---------------------------------------------------------------------------
+
+
+def _digest(*paths: Path) -> str:
+    """SHA-256 over files (and the files under directories), names included."""
+    sha = hashlib.sha256()
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            sha.update(str(file.relative_to(BROWSER_DIR)).encode() + b"\0")
+            sha.update(file.read_bytes())
+    return sha.hexdigest()
+
+
+def _run(argv: list[str], what: str, timeout: float, env: Mapping[str, str] | None = None) -> None:
+    try:
+        done = subprocess.run(
+            argv, cwd=BROWSER_DIR, capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BrowserUnavailable(f"{what} did not run: {exc}") from exc
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
+        raise BrowserUnavailable(f"{what} failed ({done.returncode}):\n" + "\n".join(tail))
+
+
+def install_node_modules() -> Path:
+    """``npm ci`` into tests/browser/node_modules, unless it already matches package-lock."""
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        raise BrowserUnavailable("node/npm not found (install Node 20+ and npm)")
+    modules = BROWSER_DIR / "node_modules"
+    stamp = modules / ".framecdn-lock-sha256"
+    wanted = _digest(BROWSER_DIR / "package-lock.json")
+    if stamp.exists() and stamp.read_text() == wanted:
+        return modules
+    # No install scripts: nothing here needs one, and none may download a browser.
+    _run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], "npm ci", NPM_TIMEOUT)
+    stamp.write_text(wanted)
+    return modules
+
+
+def build_cornerstone_page() -> Path:
+    """The vite build of tests/browser/cornerstone/, rebuilt only when its inputs change."""
+    out = BUILD_DIR / "cornerstone"
+    stamp = BUILD_DIR / "cornerstone.sha256"
+    wanted = _digest(BROWSER_DIR / "package-lock.json", CORNERSTONE_SOURCES)
+    if stamp.exists() and stamp.read_text() == wanted and (out / "index.html").exists():
+        return out
+    BUILD_DIR.mkdir(exist_ok=True)
+    vite = str(BROWSER_DIR / "node_modules" / ".bin" / "vite")
+    config = str(CORNERSTONE_SOURCES / "vite.config.js")
+    _run(
+        [vite, "build", "--config", config], "vite build of the Cornerstone page",
+        BUILD_TIMEOUT, env={"FRAMECDN_CORNERSTONE_OUT": str(out)},
+    )
+    stamp.write_text(wanted)
+    return out
+
+
+def unpack_ohif() -> Path:
+    """OHIF's built viewer (``@ohif/app``'s ``dist/``), fetched with ``npm pack`` and checked
+    against the pinned integrity; unpacked once into tests/browser/.build/."""
+    pin = json.loads(OHIF_PIN.read_text())
+    spec = f"{pin['name']}@{pin['version']}"
+    out = BUILD_DIR / "ohif" / pin["version"]
+    stamp = out / ".integrity"
+    if stamp.exists() and stamp.read_text() == pin["integrity"]:
+        return out / "dist"
+    npm = shutil.which("npm")
+    if npm is None:
+        raise BrowserUnavailable("npm not found (needed to fetch OHIF)")
+    BUILD_DIR.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=BUILD_DIR) as tmp:
+        _run([npm, "pack", spec, "--pack-destination", tmp, "--silent"], f"npm pack {spec}",
+             NPM_TIMEOUT)
+        (tarball,) = Path(tmp).glob("*.tgz")
+        algorithm, expected = pin["integrity"].split("-", 1)
+        actual = base64.b64encode(hashlib.new(algorithm, tarball.read_bytes()).digest()).decode()
+        if actual != expected:
+            raise BrowserUnavailable(f"{spec}: integrity {algorithm}-{actual} is not the pinned one")
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        with tarfile.open(tarball) as archive:
+            archive.extractall(Path(tmp) / "x", filter="data")
+        (Path(tmp) / "x" / "package" / "dist").rename(out / "dist")
+    stamp.write_text(pin["integrity"])
+    return out / "dist"
+
+
+#: The DICOMweb server OHIF's shipped app-config.js points at (its public demo).
+OHIF_DEMO_ROOT = "https://d14fa38qiwhyfd.cloudfront.net/dicomweb"
+
+
+def ohif_app_config(dist: Path, root: str) -> bytes:
+    """OHIF's own ``app-config.js`` with its one DICOMweb data source pointed at ``root``
+    (QIDO, WADO-RS and WADO-URI roots) and thumbnails rendered from frames; every other
+    setting is OHIF's default (lazy study loading, unquoted multipart Accept, ...)."""
+    text = (dist / "app-config.js").read_text()
+    replacements = {
+        f"wadoUriRoot: '{OHIF_DEMO_ROOT}'": f"wadoUriRoot: '{root}'",
+        f"qidoRoot: '{OHIF_DEMO_ROOT}'": f"qidoRoot: '{root}'",
+        f"wadoRoot: '{OHIF_DEMO_ROOT}'": f"wadoRoot: '{root}'",
+        "thumbnailRendering: 'thumbnail'": "thumbnailRendering: 'wadors'",
+        "friendlyName: 'AWS S3 Static wado server'": "friendlyName: 'framecdn'",
+    }
+    for old, new in replacements.items():
+        if text.count(old) != 1:
+            raise AssertionError(f"OHIF's app-config.js changed: {old!r} is not there once")
+        text = text.replace(old, new)
+    if OHIF_DEMO_ROOT in text:
+        raise AssertionError("OHIF's app-config.js still points at its demo server")
+    return text.encode()
+
+
+def copy_with_new_uids(source: str | Path, target: Path) -> Path:
+    """pydicom's test files share UIDs: give each copy its own (pixel data untouched)."""
+    ds = pydicom.dcmread(source)
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """What a browser test needs: node, the installed packages, Chromium."""
+
+    node: str
+    chromium: str
+    modules: Path
+
+    def run(self, url: str, steps: list[dict[str, Any]], *, timeout: float = 120,
+            user_data_dir: Path, viewport: Mapping[str, int] | None = None) -> BrowserRun:
+        return run_browser(self, url, steps, timeout=timeout, user_data_dir=user_data_dir,
+                           viewport=viewport)
+
+
+def prepare_toolchain(probe_dir: Path) -> Toolchain:
+    """npm packages installed and Chromium started once (about:blank) to prove it can."""
+    node = shutil.which("node")
+    if not os.access(CHROMIUM, os.X_OK):
+        raise BrowserUnavailable(f"{CHROMIUM} not found (apt-get install chromium)")
+    modules = install_node_modules()
+    assert node is not None
+    toolchain = Toolchain(node, CHROMIUM, modules)
+    probe = run_browser(toolchain, "about:blank", [], timeout=60, user_data_dir=probe_dir)
+    if probe.launch_error is not None:
+        raise BrowserUnavailable(f"Chromium did not start: {probe.launch_error}")
+    probe.raise_for_error()
+    return toolchain
+
+
+# Running the browser -----------------------------------------------------------------------
+
+
+@dataclass
+class Exchange:
+    """One request the browser sent and what came back (one hop of a redirect chain)."""
+
+    request_id: str
+    url: str
+    method: str
+    type: str | None
+    request_headers: dict[str, str]
+    started: float
+    status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    finished: float | None = None
+    received: float | None = None
+    error: str | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        """A request header as sent (DevTools' extra info first: it has what the network saw)."""
+        for headers in (self.extra_headers, self.request_headers):
+            for key, value in headers.items():
+                if key.lower() == name.lower():
+                    return value
+        return None
+
+    def response_header(self, name: str) -> str | None:
+        for key, value in self.response_headers.items():
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    @property
+    def ok(self) -> bool:
+        """Answered 2xx (and the body arrived)."""
+        return self.error is None and self.status is not None and 200 <= self.status < 300
+
+    @property
+    def is_preflight(self) -> bool:
+        return self.type == "Preflight" or self.method == "OPTIONS"
+
+    def __str__(self) -> str:
+        outcome = self.error if self.error else self.status
+        return f"{self.method} {self.url} [{self.type}] -> {outcome}"
+
+
+@dataclass
+class BrowserRun:
+    events: list[dict[str, Any]]
+    exchanges: list[Exchange]
+    returncode: int | None
+
+    @property
+    def launch_error(self) -> str | None:
+        for event in self.events:
+            if event["event"] == "error" and event.get("stage") == "launch":
+                return str(event["message"])
+        return None
+
+    @property
+    def error(self) -> str | None:
+        for event in self.events:
+            if event["event"] == "error":
+                return str(event["message"])
+        if not any(event["event"] == "done" for event in self.events):
+            return f"driver ended without finishing (exit {self.returncode})"
+        return None
+
+    def raise_for_error(self) -> None:
+        if self.error is not None:
+            raise AssertionError(f"browser run failed: {self.error}\n{self.transcript()}")
+
+    def step_value(self, index: int, default: Any = KeyError) -> Any:
+        """What step ``index`` evaluated (``default`` if it was skipped or never ran)."""
+        for event in self.events:
+            if event["event"] == "step" and event["index"] == index and "value" in event:
+                return event["value"]
+        if default is KeyError:
+            raise KeyError(f"no value for step {index}")
+        return default
+
+    @property
+    def console_errors(self) -> list[str]:
+        found = [f"console.error: {e['text']}" for e in self.events
+                 if e["event"] == "console" and e["type"] == "error"]
+        found += [f"page error: {e['message']}" for e in self.events if e["event"] == "pageerror"]
+        return found
+
+    def to(self, base: str) -> list[Exchange]:
+        """Exchanges with the server at ``base`` (scheme://host:port), in the order sent."""
+        origin = urlsplit(base)
+        return [x for x in self.exchanges
+                if urlsplit(x.url)[:2] == (origin.scheme, origin.netloc)]
+
+    def transcript(self, limit: int = 80) -> str:
+        lines = [str(x) for x in self.exchanges[-limit:]]
+        lines += [f"console.{e['type']}: {e['text'][:300]}" for e in self.events
+                  if e["event"] == "console" and e["type"] in ("error", "warning")][-limit:]
+        lines += [f"pageerror: {e['message'][:500]}" for e in self.events
+                  if e["event"] == "pageerror"]
+        return "\n".join(lines)
+
+
+def assemble_exchanges(events: list[dict[str, Any]]) -> list[Exchange]:
+    """DevTools network events -> one Exchange per request hop, in the order sent."""
+    exchanges: list[Exchange] = []
+    current: dict[str, Exchange] = {}
+    early_extra: dict[str, list[dict[str, str]]] = {}  # extra info may come before its request
+    for event in events:
+        if event["event"] != "network":
+            continue
+        method, params = event["method"], event["params"]
+        rid = params["requestId"]
+        exchange = current.get(rid)
+        if method == "Network.requestWillBeSent":
+            redirect = params.get("redirectResponse")
+            if exchange is not None and redirect is not None:  # the previous hop ends here
+                exchange.status = redirect["status"]
+                exchange.response_headers = redirect["headers"]
+                exchange.finished = params["timestamp"]
+            exchange = Exchange(rid, params["url"], params["method"], params.get("type"),
+                                params["headers"], params["timestamp"])
+            if early_extra.get(rid):
+                exchange.extra_headers = early_extra[rid].pop(0)
+            current[rid] = exchange
+            exchanges.append(exchange)
+        elif method == "Network.requestWillBeSentExtraInfo":
+            if exchange is not None and not exchange.extra_headers:
+                exchange.extra_headers = params["headers"]
+            else:
+                early_extra.setdefault(rid, []).append(params["headers"])
+        elif exchange is None:
+            continue
+        elif method == "Network.responseReceived":
+            exchange.status = params["status"]
+            exchange.response_headers = params["headers"]
+            exchange.received = params["timestamp"]
+            exchange.type = exchange.type or params.get("type")
+        elif method == "Network.loadingFinished":
+            exchange.finished = params["timestamp"]
+        elif method == "Network.loadingFailed":
+            cors = params.get("corsErrorStatus")
+            reasons = [params.get("errorText"), params.get("blockedReason"),
+                       json.dumps(cors) if cors else None]
+            exchange.error = " ".join(r for r in reasons if r)
+            exchange.finished = params["timestamp"]
+    return exchanges
+
+
+def _kill_tree(process: subprocess.Popen[bytes], descendants: list[psutil.Process]) -> None:
+    """Stop the driver politely (Playwright then closes Chromium), then kill what is left.
+
+    Chromium runs in a process group of its own, so the tree is collected by parentage
+    before anything is signalled (an orphan would be reparented and lost)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in [*descendants, psutil.Process(process.pid) if process.poll() is None else None]:
+        if proc is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    if process.poll() is None:
+        process.wait(5)
+
+
+def run_browser(
+    toolchain: Toolchain,
+    url: str,
+    steps: list[dict[str, Any]],
+    *,
+    timeout: float,
+    user_data_dir: Path,
+    viewport: Mapping[str, int] | None = None,
+    grace: float = 60,
+) -> BrowserRun:
+    """Open ``url`` in a fresh Chromium profile, run ``steps``, return what the browser saw.
+
+    The driver times its own steps out after ``timeout``; if it is still running ``grace``
+    seconds later, it and every process under it (Chromium) are killed."""
+    job = {
+        "executable": toolchain.chromium,
+        "userDataDir": str(user_data_dir),
+        "url": url,
+        "timeoutMs": int(timeout * 1000),
+        "viewport": dict(viewport or {"width": 1280, "height": 800}),
+        "steps": steps,
+    }
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(
+            [toolchain.node, str(DRIVER)], stdin=subprocess.PIPE, stdout=out, stderr=err,
+            cwd=BROWSER_DIR, start_new_session=True,
+        )
+        try:
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(job).encode())
+            process.stdin.close()
+            process.wait(timeout + grace)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            descendants: list[psutil.Process] = []
+            if process.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    descendants = psutil.Process(process.pid).children(recursive=True)
+            _kill_tree(process, descendants)
+        out.seek(0)
+        events = [json.loads(line) for line in out.read().decode().splitlines() if line.strip()]
+        err.seek(0)
+        stderr = err.read().decode(errors="replace").strip()
+    if stderr and not any(e["event"] == "done" for e in events):
+        events.append({"event": "error", "stage": "driver", "message": stderr[-3000:]})
+    return BrowserRun(events, assemble_exchanges(events), process.returncode)
+
+
+# Serving pages -----------------------------------------------------------------------------
+
+
+MEDIA_TYPES = {
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".wasm": "application/wasm",  # compileStreaming insists on it
+    ".json": "application/json",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".woff2": "font/woff2",
+}
+
+
+class _StaticHandler(http.server.SimpleHTTPRequestHandler):
+    """Files of one folder; unknown paths answer index.html (a single-page app); some
+    paths answered from memory (OHIF's app-config.js)."""
+
+    def __init__(self, *args: Any, overrides: Mapping[str, bytes], spa: bool,
+                 **kwargs: Any) -> None:
+        self.overrides = overrides
+        self.spa = spa
+        self.extensions_map = {**self.extensions_map, **MEDIA_TYPES}
+        super().__init__(*args, **kwargs)  # handles the request
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def end_headers(self) -> None:
+        self.send_header("Cache-Control", "no-store")
+        super().end_headers()
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        path = urlsplit(self.path).path
+        if path in self.overrides:
+            body = self.overrides[path]
+            self.send_response(200)
+            self.send_header("Content-Type", self.guess_type(path))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return _BytesFile(body)
+        if self.spa and not Path(self.translate_path(self.path)).exists():
+            self.path = "/index.html"
+        return super().send_head()
+
+
+class _BytesFile:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def read(self, size: int = -1) -> bytes:
+        body, self.body = self.body, b""
+        return body
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_directory(
+    directory: Path, *, overrides: Mapping[str, bytes] | None = None, spa: bool = False
+) -> Iterator[str]:
+    """A static server for ``directory`` on 127.0.0.1:<free port>; yields its base URL.
+
+    ``overrides`` (path -> body) is read at each request, so a caller may fill it once it
+    knows what to put there (OHIF's config needs framecdn's URL, framecdn needs ours)."""
+    handler = partial(_StaticHandler, directory=str(directory),
+                      overrides=overrides if overrides is not None else {}, spa=spa)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@dataclass(frozen=True)
+class ServedFramecdn:
+    root: str  # the DICOMweb root the browser uses
+    origin: str  # the origin's own base URL (its /metrics), behind nginx in accel mode
+
+
+@contextlib.contextmanager
+def serve_framecdn(
+    mode: str, settings: Settings, page_origin: str, directory: Path
+) -> Iterator[ServedFramecdn]:
+    """framecdn as a browser reaches it: the origin itself (``stream``, ``redirect``) or the
+    shipped nginx config in front of it (``accel``). Only ``page_origin`` is allowed by
+    CORS, so the browser's own CORS checks apply."""
+    settings = settings.with_overrides(delivery=mode, cors_origins=(page_origin,))
+    if mode != "accel":
+        with run_origin(settings, public_url=True) as origin:
+            yield ServedFramecdn(origin.root, origin.base)
+        return
+    binary = nginx_binary_or_none()
+    if binary is None:
+        raise BrowserUnavailable("nginx not found (apt-get install nginx) for the accel mode")
+    with run_origin(settings) as origin, run_nginx(binary, directory, origin.base, settings) as nginx:
+        yield ServedFramecdn(nginx.root, origin.base)

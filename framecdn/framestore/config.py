@@ -47,6 +47,8 @@ class Settings:
     # Ingest
     ingest_workers: int = 8
     ingest_memory_mb: int = 64
+    ingest_max_inflate_ratio: int = 200
+    ingest_max_inflated_mb: int = 4096
 
     def __post_init__(self) -> None:
         if self.delivery not in DELIVERY_MODES:
@@ -160,6 +162,15 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "FRAMECDN_INGEST_MEMORY_MB": (
         "ingest_memory_mb",
         "Frame bytes ingest holds in memory at once (default 64; one frame always fits).",
+    ),
+    "FRAMECDN_INGEST_MAX_INFLATE_RATIO": (
+        "ingest_max_inflate_ratio",
+        "A deflated file may inflate at most this many times its size, past its first 16 MB "
+        "(default 200).",
+    ),
+    "FRAMECDN_INGEST_MAX_INFLATED_MB": (
+        "ingest_max_inflated_mb",
+        "A deflated file may inflate to at most this many MB, spooled to disk (default 4096).",
     ),
 }
 

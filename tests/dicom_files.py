@@ -6,10 +6,12 @@ apart or write raw bytes, to make exactly one thing wrong at a time.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -67,10 +69,10 @@ def _file_meta(sop_class: str, sop_instance: str, syntax: str) -> FileMetaDatase
     return meta
 
 
-def _explicit_le(ds: Dataset) -> bytes:
-    """A dataset encoded as Explicit VR Little Endian, without file meta."""
+def encode_dataset(ds: Dataset, *, implicit: bool = False) -> bytes:
+    """A dataset encoded as (Explicit or Implicit) VR Little Endian, without file meta."""
     buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
     write_dataset(buffer, ds)
     return buffer.getvalue()
 
@@ -92,21 +94,24 @@ def image_header(*, rows: int, columns: int, bits: int = 16, frames: int = 1) ->
     return ds
 
 
-def write_raw_file(path: Path, ds: Dataset, syntax: str, body: bytes | Iterable[bytes]) -> Path:
+def write_raw_file(
+    target: Path | BinaryIO, ds: Dataset, syntax: str, body: bytes | Iterable[bytes]
+) -> Path | BinaryIO:
     """Preamble, file meta for ``ds``, then ``body`` as the dataset's bytes, verbatim."""
-    with open(path, "wb") as fp:
+    with contextlib.ExitStack() as stack:
+        fp = stack.enter_context(open(target, "wb")) if isinstance(target, Path) else target
         fp.write(b"\x00" * 128 + b"DICM")
         write_file_meta_info(fp, _file_meta(ds.SOPClassUID, ds.SOPInstanceUID, syntax))
         for chunk in [body] if isinstance(body, bytes) else body:
             fp.write(chunk)
-    return path
+    return target
 
 
 def write_sparse_native(path: Path, *, rows: int, columns: int, frames: int = 1) -> Path:
     """A 16-bit native file whose Pixel Data is all zeros and takes no disk (a sparse file)."""
     ds = image_header(rows=rows, columns=columns, frames=frames)
     length = rows * columns * 2 * frames
-    header = _explicit_le(ds) + struct.pack("<HH2s2xL", 0x7FE0, 0x0010, b"OW", length)
+    header = encode_dataset(ds) + struct.pack("<HH2s2xL", 0x7FE0, 0x0010, b"OW", length)
     write_raw_file(path, ds, ExplicitVRLittleEndian, header)
     with open(path, "r+b") as fp:
         fp.truncate(fp.seek(0, 2) + length)
@@ -126,7 +131,7 @@ def write_deflated(
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
 
     def body() -> Iterable[bytes]:
-        yield deflater.compress(_explicit_le(ds))
+        yield deflater.compress(encode_dataset(ds))
         for chunk in before_pixels:
             yield deflater.compress(chunk)
         yield deflater.compress(struct.pack("<HH2s2xL", 0x7FE0, 0x0010, b"OW", pixel_length))
@@ -154,7 +159,7 @@ def write_deflate_bomb(path: Path, *, inflated: int) -> Path:
 def write_nested_sequences(path: Path, depth: int, *, defined_length: bool = False) -> Path:
     """An SR-like dataset whose Content Sequence nests ``depth`` levels deep, no Pixel Data."""
     ds = _report_header(BASIC_TEXT_SR_STORAGE, "SR")
-    head = _explicit_le(ds)
+    head = encode_dataset(ds)
     if defined_length:
         # Each level is a 12-byte sequence header and an 8-byte item header around the next.
         levels = []

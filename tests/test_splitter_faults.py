@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -21,17 +23,19 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from framecdn.ingest.splitter import InflateLimits, InvalidInstance, open_instance
 from framecdn.synthetic import write_encapsulated, write_tomosynthesis
 from tests.dicom_files import (
+    encode_dataset,
     image_header,
     resave,
     set_pixel_data_length,
     write_deflate_bomb,
     write_deflated,
     write_nested_sequences,
+    write_raw_file,
     write_sparse_native,
     zeros,
 )
@@ -422,3 +426,70 @@ def test_j2k_refuses_an_empty_frame(tmp_path: Path) -> None:
         transfer_syntax_uid=JPEG2000Lossless, rows=8, columns=8,
     )
     refused(made.path, "empty")
+
+
+# -- found by the fuzzer (tests/test_fuzz_splitter.py) ------------------------------------
+
+
+def test_unknown_vr_bytes_outside_ascii_are_read_as_pydicom_does(tmp_path: Path) -> None:
+    """VR b"A\\x80" sorts between "AA" and "ZZ": pydicom reads a 2-byte length; no crash."""
+    ds = image_header(rows=2, columns=2, bits=8)
+    odd_vr = struct.pack("<HH2sH", 0x0009, 0x1000, b"A\x80", 2) + b"ab"
+    pixels = struct.pack("<HH2s2xL", 0x7FE0, 0x0010, b"OB", 4) + b"\x01\x02\x03\x04"
+    path = write_raw_file(
+        tmp_path / "odd.dcm", ds, ExplicitVRLittleEndian, encode_dataset(ds) + odd_vr + pixels
+    )
+    assert split(path) == [b"\x01\x02\x03\x04"]
+
+
+def test_deflated_file_meta_that_pydicom_cannot_read_is_refused(tmp_path: Path) -> None:
+    """An unknown VR in the file meta crashed the rewriting of the meta for inflation."""
+    path = write_deflated(tmp_path / "d.dcm", image_header(rows=2, columns=2), 8, [bytes(8)])
+    data = path.read_bytes()
+    at = data.index(b"\x02\x00\x12\x00UI")  # Implementation Class UID
+    path.write_bytes(data[:at] + b"\x02\x00\x12\x00TI" + data[at + 6 :])
+    refused(path, "not a DICOM Part 10 file")
+
+
+def test_junk_after_native_pixel_data_is_refused(tmp_path: Path) -> None:
+    """pydicom reads such a file as an empty dataset; it was split as if whole."""
+    made = write_tomosynthesis(tmp_path / "t.dcm", frames=2, rows=4, columns=4)
+    with open(made.path, "ab") as fp:
+        fp.write(b"\xfe\xff\x00\xe0\xff\xff\xff\xff")  # an item that never ends
+    refused(made.path, "corrupt data after Pixel Data")
+    assert pydicom.dcmread(made.path).keys() == set()  # pydicom reads nothing at all
+
+
+def test_trailing_padding_after_pixel_data_is_fine(tmp_path: Path) -> None:
+    made = write_tomosynthesis(tmp_path / "t.dcm", frames=2, rows=4, columns=4)
+    with open(made.path, "ab") as fp:
+        fp.write(struct.pack("<HH2s2xL", 0xFFFC, 0xFFFC, b"OB", 6) + bytes(6))
+    assert split(made.path) == list(made.frames())
+
+
+def _cpu_seconds(function) -> float:
+    started = time.process_time()
+    function()
+    return time.process_time() - started
+
+
+def test_zeros_after_pixel_data_are_padding_and_cheap(tmp_path: Path) -> None:
+    """1 MiB of NULs after Pixel Data read as 131,072 empty elements took seconds of CPU."""
+    made = write_tomosynthesis(tmp_path / "t.dcm", frames=2, rows=4, columns=4)
+    with open(made.path, "ab") as fp:
+        fp.write(bytes(MiB - 8))
+    assert _cpu_seconds(lambda: split(made.path)) < 0.5
+    assert split(made.path) == list(made.frames())
+
+
+def test_a_header_of_too_many_elements_is_refused(tmp_path: Path) -> None:
+    ds = image_header(rows=2, columns=2, bits=8)
+    tiny = b"".join(
+        struct.pack("<HH2sH", 0x0009, 0x1000 + n % 0xE000, b"LO", 0) for n in range(300_000)
+    )
+    pixels = struct.pack("<HH2s2xL", 0x7FE0, 0x0010, b"OB", 4) + bytes(4)
+    path = write_raw_file(
+        tmp_path / "many.dcm", ds, ExplicitVRLittleEndian, encode_dataset(ds) + tiny + pixels
+    )
+    cpu = _cpu_seconds(lambda: refused(path, "too many elements"))
+    assert cpu < 10, cpu

@@ -44,7 +44,7 @@ class InflateLimits:
 class InflatingFile:
     """A read-only, seekable view of a spool file that inflates on demand.
 
-    The spool already holds the (rewritten) file meta; positions are spool positions.
+    Inflated bytes are appended to whatever the spool holds; positions are spool positions.
     Reading past what is inflated inflates further; reading past the end of the
     inflated dataset returns short, like a file.
     """

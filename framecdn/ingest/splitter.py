@@ -33,7 +33,6 @@ Plan, Presentation State) opens as a metadata-only instance with no frames. A
 from __future__ import annotations
 
 import contextlib
-import copy
 import errno
 import fcntl
 import logging
@@ -49,9 +48,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_preamble
-from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID
 
 from framecdn.framestore.keys import InvalidUID, validate_uid
 from framecdn.framestore.transfer_syntax import UnsupportedTransferSyntax, stored_representation
@@ -77,8 +75,10 @@ _CHUNK = 1 << 20
 _PIXEL_DATA = 0x7FE00010
 _FLOAT_PIXEL_DATA = {0x7FE00008: "Float Pixel Data", 0x7FE00009: "Double Float Pixel Data"}
 _PADDING = 0xFFFCFFFC  # Data Set Trailing Padding: nothing to keep
-#: Elements after native Pixel Data are kept only if they fit in this many bytes.
+#: Elements after native Pixel Data are kept only if they fit in this many bytes...
 _MAX_TRAILING = 1 << 20
+#: ...and there may be no more of them than this (padding is one element).
+_MAX_TRAILING_ELEMENTS = 1024
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 #: Attributes of the Image Pixel module: with any of them, a missing Pixel Data is damage.
 _IMAGE_ATTRIBUTES = ("Rows", "Columns", "BitsAllocated", "NumberOfFrames")
@@ -288,6 +288,8 @@ def _read_file_meta(fp: BinaryIO) -> tuple[FileMetaDataset, int]:
     fp.seek(start)
     try:
         meta = FileMetaDataset(read_dataset(fp, False, True, stop_when=_stop_at_dataset))
+        for _ in meta:  # convert every element now: a file meta pydicom cannot read is damage
+            pass
     except Exception as exc:  # pydicom on untrusted bytes
         raise InvalidInstance(f"not a DICOM Part 10 file ({_first_line(exc)})") from None
     if fp.tell() != dataset_start:
@@ -341,20 +343,17 @@ def _check_structure(
 ) -> tuple[BinaryIO, int, ElementHeader | None]:
     """Walk the dataset's structure up to Pixel Data; return the file to split from.
 
-    A deflated dataset is inflated into a temporary Explicit VR LE file while it is
-    walked, so an impossible element stops the inflation; the rest is inflated after.
+    A deflated dataset is inflated into a temporary file while it is walked, so an
+    impossible element stops the inflation; the rest is inflated after.
     """
     if not syntax.is_deflated:
         size = fp.seek(0, os.SEEK_END)
         end = DataEnd(size, f"the end of the file ({size} bytes)")
         pixel_data = _walk_to_pixel_data(fp, dataset_start, syntax, end)
         return fp, dataset_start, pixel_data
+    # The spool holds the inflated dataset alone: its file meta is the source's.
     spool = stack.enter_context(tempfile.TemporaryFile(dir=spool_dir))
-    spool.write(b"\x00" * 128 + b"DICM")
-    inflated_meta = copy.deepcopy(meta)  # setting a keyword mutates shared elements
-    inflated_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    write_file_meta_info(spool, inflated_meta, enforce_standard=False)
-    inflated_start = spool.tell()
+    inflated_start = 0
     deflated_size = fp.seek(0, os.SEEK_END) - dataset_start
     fp.seek(dataset_start)
     inflating = InflatingFile(fp, spool, deflated_size=deflated_size, limits=limits)
@@ -414,21 +413,29 @@ def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
 def _read_trailing_elements(
     fp: BinaryIO, dataset: Dataset, syntax: UID, pixel_data: ElementHeader
 ) -> None:
-    """Keep elements stored after native Pixel Data, if they are few and sound."""
+    """Check what follows native Pixel Data, and keep its elements if they are few.
+
+    Only zeros (padding) or a few elements (e.g. Data Set Trailing Padding) may follow;
+    anything else is damage, which pydicom would read as an empty dataset.
+    """
     if pixel_data.length == UNDEFINED_LENGTH:
         return
     start = pixel_data.value_offset + pixel_data.length
     size = fp.seek(0, os.SEEK_END)
-    if size <= start:
-        return
-    if size - start > _MAX_TRAILING:
-        log.warning("ignoring %d bytes after Pixel Data", size - start)
+    if size <= start or _all_zeros(fp, start, size):
         return
     try:
         walk_dataset(
             fp, start, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian,
-            end=DataEnd(size, "the end of the file"), stop=lambda tag: False,
+            end=DataEnd(size, f"the end of the file ({size} bytes)"), stop=lambda tag: False,
+            max_elements=_MAX_TRAILING_ELEMENTS,
         )
+    except InvalidInstance as exc:
+        raise InvalidInstance(f"corrupt data after Pixel Data: {exc}") from None
+    if size - start > _MAX_TRAILING:
+        log.warning("ignoring %d bytes of elements after Pixel Data", size - start)
+        return
+    try:
         fp.seek(start)
         trailing = read_dataset(
             fp, syntax.is_implicit_VR, syntax.is_little_endian, bytelength=size - start
@@ -439,6 +446,16 @@ def _read_trailing_elements(
         return
     for element in kept:
         dataset[element.tag] = element
+
+
+def _all_zeros(fp: BinaryIO, start: int, end: int) -> bool:
+    fp.seek(start)
+    while start < end:
+        chunk = fp.read(min(_CHUNK, end - start))
+        if not chunk or chunk.count(0) != len(chunk):
+            return False
+        start += len(chunk)
+    return True
 
 
 def _check_nesting(dataset: Dataset) -> None:

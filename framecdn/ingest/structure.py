@@ -29,6 +29,9 @@ from framecdn.ingest.invalid import InvalidInstance
 
 #: Sequences nested deeper than this are refused; pydicom reads each level by recursion.
 MAX_NESTING = 64
+#: More elements than this are refused: pydicom holds each in memory (~200 bytes) and a
+#: file of tiny elements would take minutes. Big RT Structure Sets have ~10^5.
+MAX_ELEMENTS = 250_000
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM = 0xFFFEE000
@@ -91,13 +94,15 @@ def walk_dataset(
     little: bool,
     end: DataEnd,
     stop: Callable[[int], bool],
+    max_elements: int = MAX_ELEMENTS,
 ) -> ElementHeader | None:
     """Check every element from ``start``; return the first top-level one ``stop`` picks.
 
     Returns ``None`` when the data ends after a whole element with nothing picked.
-    Raises :class:`InvalidInstance` at the first element that cannot be.
+    Raises :class:`InvalidInstance` at the first element that cannot be, or past
+    ``max_elements`` elements (items included).
     """
-    return _Walk(fp, little, end).run(start, implicit, stop)
+    return _Walk(fp, little, end, max_elements).run(start, implicit, stop)
 
 
 def check_value_fits(header: ElementHeader, end: DataEnd) -> None:
@@ -114,9 +119,10 @@ def _past(header: ElementHeader, what: str, verdict: str) -> str:
 
 
 class _Walk:
-    def __init__(self, fp: Source, little: bool, end: DataEnd) -> None:
+    def __init__(self, fp: Source, little: bool, end: DataEnd, max_elements: int) -> None:
         self._fp = fp
         self._end = end
+        self._elements_left = max_elements
         self._endian = "<" if little else ">"
         self._depth = 0
         self._stack: list[_Level] = []
@@ -144,6 +150,7 @@ class _Walk:
             if len(head) < 8:
                 raise InvalidInstance(self._truncated(position, level))
             header = self._element(level, position, head)
+            self._count(position)
             if header.tag == ITEM_DELIMITER:
                 if level.top or level.end is not None:
                     raise InvalidInstance(
@@ -171,10 +178,10 @@ class _Walk:
             extra = self._read(position + 8, 4)
             if len(extra) < 4:
                 raise InvalidInstance(self._truncated(position, level))
-            vr, value_offset = vr_bytes.decode(), position + 12
+            vr, value_offset = vr_bytes.decode("latin-1"), position + 12
             (length,) = struct.unpack(f"{self._endian}L", extra)
-        elif vr_bytes in _KNOWN_VRS or b"AA" <= vr_bytes <= b"ZZ":
-            vr, value_offset = vr_bytes.decode(), position + 8
+        elif vr_bytes in _KNOWN_VRS or b"AA" <= vr_bytes <= b"ZZ":  # bytes order, as pydicom
+            vr, value_offset = vr_bytes.decode("latin-1"), position + 8
             (length,) = struct.unpack(f"{self._endian}H", head[6:])
         else:  # not a VR: pydicom reads this one element as implicit VR
             vr, value_offset = None, position + 8
@@ -274,6 +281,7 @@ class _Walk:
         self._stack.append(_Level(True, end, limit, level.implicit))
 
     def _item(self, level: _Level, position: int) -> int:
+        self._count(position)
         head = self._read(position, 8)
         if len(head) < 8:
             raise InvalidInstance(self._truncated(position, level))
@@ -320,6 +328,11 @@ class _Walk:
         return not (0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B)
 
     # -- helpers -----------------------------------------------------------------------
+
+    def _count(self, position: int) -> None:
+        self._elements_left -= 1
+        if self._elements_left < 0:
+            raise InvalidInstance(f"too many elements (more than the limit, at byte {position})")
 
     def _read(self, position: int, size: int) -> bytes:
         self._fp.seek(position)

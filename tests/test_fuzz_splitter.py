@@ -25,12 +25,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import os
 import signal
 import struct
 import tempfile
 import tracemalloc
-import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +62,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.ingest import metadata
@@ -152,7 +153,8 @@ def _long_elements() -> bytes:
 
 def _build_corpus() -> dict[str, bytes]:
     noise = np.random.default_rng(1).bytes(64)
-    jpeg, jpeg_ls = _codestream("SC_rgb_small_odd_jpeg.dcm"), _codestream("JPEGLSNearLossless_08.dcm")
+    jpeg = _codestream("SC_rgb_small_odd_jpeg.dcm")
+    jpeg_ls = _codestream("JPEGLSNearLossless_08.dcm")
     j2k = _codestream("JPEG2000.dcm")
     rle = pydicom.dcmread(get_testdata_file("SC_rgb_small_odd.dcm"))
     rle.compress(RLELossless)
@@ -164,7 +166,9 @@ def _build_corpus() -> dict[str, bytes]:
     j2k_eot["PixelData"].VR = "OB"
     sr = metadata_only_dataset("sr")
     return {
-        "native-le": _image(ExplicitVRLittleEndian, noise[:36], frames=2, rows=3, columns=3, bits=16),
+        "native-le": _image(
+            ExplicitVRLittleEndian, noise[:36], frames=2, rows=3, columns=3, bits=16
+        ),
         "native-be": _image(ExplicitVRBigEndian, noise[:36], frames=2, rows=3, columns=3, bits=16),
         "native-implicit": _image(ImplicitVRLittleEndian, noise[:18], frames=2, rows=3, columns=3),
         "native-rgb-odd": Path(get_testdata_file("SC_rgb_small_odd.dcm")).read_bytes(),
@@ -184,7 +188,9 @@ def _build_corpus() -> dict[str, bytes]:
             rows=45, columns=10,
         ),
         "j2k-eot": _save(j2k_eot, JPEG2000Lossless),
-        "htj2k": _image(HTJ2KLossless, encapsulate([j2k]), frames=1, rows=1024, columns=256, bits=16),
+        "htj2k": _image(
+            HTJ2KLossless, encapsulate([j2k]), frames=1, rows=1024, columns=256, bits=16
+        ),
         "rle": _image(
             RLELossless, encapsulate([rle_frame, rle_frame]), frames=2, rows=3, columns=3,
             samples=3, photometric="RGB",
@@ -239,11 +245,13 @@ def _encapsulated_reference(ds: Dataset, count: int) -> list[bytes]:
     starts = np.cumsum([0] + [8 + len(fragment) for fragment in fragments])[:-1].tolist()
     extended = _consistent_extended_offsets(ds, count, fragments, starts)
     if extended is not None:
-        return list(generate_frames(ds.PixelData, number_of_frames=count, extended_offsets=extended))
+        return list(
+            generate_frames(ds.PixelData, number_of_frames=count, extended_offsets=extended)
+        )
     basic = parse_basic_offsets(ds.PixelData)
-    if basic and basic[0] == 0 and all(a < b for a, b in zip(basic, basic[1:])):
-        if set(basic) <= set(starts):
-            return list(generate_frames(ds.PixelData, number_of_frames=count))
+    increasing = all(a < b for a, b in itertools.pairwise(basic))
+    if basic and basic[0] == 0 and increasing and set(basic) <= set(starts):
+        return list(generate_frames(ds.PixelData, number_of_frames=count))
     if count == 1 or len(fragments) == count:
         (bot_length,) = struct.unpack("<L", ds.PixelData[4:8])
         without_table = b"\xfe\xff\x00\xe0\x00\x00\x00\x00" + ds.PixelData[8 + bot_length :]
@@ -253,7 +261,7 @@ def _encapsulated_reference(ds: Dataset, count: int) -> list[bytes]:
     # says where a frame starts instead: at a fragment opening a codestream (SOI / SOC).
     starts_codestream = [fragment[:2] in (b"\xff\xd8", b"\xff\x4f") for fragment in fragments]
     frames: list[bytes] = []
-    for fragment, opens in zip(fragments, starts_codestream):
+    for fragment, opens in zip(fragments, starts_codestream, strict=True):
         if opens or not frames:
             frames.append(fragment)
         else:
@@ -305,7 +313,7 @@ def bounded(cpu_seconds: float = CPU_SECONDS, memory: int | None = MEMORY) -> It
         signal.signal(signal.SIGVTALRM, previous)
         # Also when the file was refused: a refusal after a huge allocation is a failure.
         if memory is not None and peak >= memory:
-            raise AssertionError(f"peak traced memory {peak} bytes")  # noqa: B012
+            raise AssertionError(f"peak traced memory {peak} bytes")
 
 
 #: Examples are split from a real file: reads of a file object allocate what is asked.
@@ -358,9 +366,8 @@ def test_truncated_at_every_offset(name: str) -> None:
 
 # -- mutations --------------------------------------------------------------------------
 
-_VRS = {vr.encode() for vr in ("AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL "
-                               "SQ SS ST SV TM UC UI UL UN UR US UT UV").split()}
-_LONG = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_VRS = {vr.value.encode() for vr in VR if len(vr.value) == 2}
+_LONG = {vr.value.encode() for vr in EXPLICIT_VR_LENGTH_32}
 _DELIMITERS = {0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD}
 
 
@@ -468,10 +475,11 @@ def _nested(depth: int, style: str) -> bytes:
     ds = metadata_only_dataset("sr")
     del ds.ContentSequence
     implicit = style == "implicit-private"
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, UNDEFINED)
     if style == "undefined":
-        level = struct.pack("<HH2s2xLHHL", 0x0040, 0xA730, b"SQ", UNDEFINED, 0xFFFE, 0xE000, UNDEFINED)
+        level = struct.pack("<HH2s2xL", 0x0040, 0xA730, b"SQ", UNDEFINED) + item
     elif style == "un":
-        level = struct.pack("<HH2s2xLHHL", 0x0040, 0xA730, b"UN", UNDEFINED, 0xFFFE, 0xE000, UNDEFINED)
+        level = struct.pack("<HH2s2xL", 0x0040, 0xA730, b"UN", UNDEFINED) + item
     else:  # implicit VR, a private tag no dictionary knows: a sequence because an item follows
         level = struct.pack("<HHLHHL", 0x0009, 0x1010, UNDEFINED, 0xFFFE, 0xE000, UNDEFINED)
     closing = struct.pack("<HHLHHL", 0xFFFE, 0xE00D, 0, 0xFFFE, 0xE0DD, 0)
@@ -506,16 +514,16 @@ def test_deflate_bombs(pixels: int, trailing: int, honest: bool) -> None:
     out = io.BytesIO()
     write_raw_file(out, ds, DeflatedExplicitVRLittleEndian, body)
     try:
-        with bounded(memory=8 * MiB), open_instance(io.BytesIO(out.getvalue()), limits=LIMITS) as instance:
+        source = io.BytesIO(out.getvalue())
+        with bounded(memory=8 * MiB), open_instance(source, limits=LIMITS) as instance:
             digests = []
             for reader in instance.frame_readers():
                 digest = hashlib.sha256()
                 for chunk in reader.chunks(MiB):
                     digest.update(chunk)
                 digests.append(digest.hexdigest())
-    except InvalidInstance as exc:
-        assert "\n" not in str(exc)
-        return
+    except InvalidInstance:
+        return  # one line by construction (tested in test_splitter_faults)
     assert honest  # half the declared length cannot hold the frame
     assert digests == [hashlib.sha256(bytes(length)).hexdigest()]
 

@@ -18,7 +18,7 @@ import httpx
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000
+from pydicom.uid import JPEG2000, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from framecdn.framestore.index import InstanceIndex
 from framecdn.framestore.keys import InstanceKey, KeyLayout
@@ -62,15 +62,15 @@ def test_bundled_documents_are_metadata_only(name: str) -> None:
 def test_an_image_without_pixel_data_is_still_refused(tmp_path: Path) -> None:
     """Rows and Columns but no Pixel Data: a damaged image, not a document."""
     made = write_tomosynthesis(tmp_path / "t.dcm", frames=2, rows=8, columns=8, pixel_data=False)
-    with pytest.raises(InvalidInstance, match="no Pixel Data element, though Rows is present"):
-        with open_instance(made.path):
-            pass
+    refusal = "no Pixel Data element, though Rows is present"
+    with pytest.raises(InvalidInstance, match=refusal), open_instance(made.path):
+        pass
 
 
 def test_truncated_document_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInstance, match="truncated"):
-        with open_instance(get_testdata_file("rtplan_truncated.dcm")):
-            pass
+    truncated = get_testdata_file("rtplan_truncated.dcm")
+    with pytest.raises(InvalidInstance, match="truncated"), open_instance(truncated):
+        pass
 
 
 # -- ingest and origin, against the real store ------------------------------------------
@@ -107,7 +107,8 @@ def test_a_pacs_folder_with_documents_ingests_cleanly(s3_client, settings, tmp_p
         "pr": "metadata-only",
     }
     assert report.ok
-    assert report.summary().startswith("2 instances ingested, 4 metadata-only, 0 unchanged, 0 failed")
+    summary = report.summary()
+    assert summary.startswith("2 instances ingested, 4 metadata-only, 0 unchanged, 0 failed")
     layout = KeyLayout(settings.prefix)
     for kind in KINDS:
         key = _key(files[kind])
@@ -165,6 +166,7 @@ def test_origin_serves_documents_in_metadata_and_refuses_their_frames(settings, 
         assert [item["00080018"]["Value"][0] for item in series.json()] == [sr.instance]
         instance = f"{origin.root}/studies/{sr.study}/series/{sr.series}/instances/{sr.instance}"
         assert client.get(f"{instance}/metadata").status_code == 200
-        for frames, accept in (("1", "*/*"), ("1,2", "multipart/related; type=\"application/octet-stream\"")):
+        multipart = 'multipart/related; type="application/octet-stream"'
+        for frames, accept in (("1", "*/*"), ("1,2", multipart)):
             answer = client.get(f"{instance}/frames/{frames}", headers={"Accept": accept})
             assert answer.status_code in (400, 404), (frames, answer.status_code, answer.text)

@@ -8,7 +8,9 @@ instead of the machine.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import itertools
 import os
 import struct
 import subprocess
@@ -68,7 +70,7 @@ def rle_frames() -> list[bytes]:
 def jpeg_frames() -> list[bytes]:
     ds = pydicom.dcmread(get_testdata_file("color3d_jpeg_baseline.dcm"))
     frames = generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames))
-    return [frame for _, frame in zip(range(3), frames)]
+    return list(itertools.islice(frames, 3))
 
 
 # -- 1. declared lengths the file cannot back --------------------------------------------
@@ -170,7 +172,7 @@ def test_jpeg_offset_table_hiding_a_third_codestream(tmp_path: Path, jpeg_frames
 
 
 @pytest.mark.parametrize(
-    "attribute, value, match",
+    ("attribute", "value", "match"),
     [
         ("Rows", 0, "Rows"),
         ("Columns", 0, "Columns"),
@@ -190,7 +192,7 @@ def test_native_geometry_must_be_possible(tmp_path: Path, attribute, value, matc
 
 
 @pytest.mark.parametrize(
-    "attribute, value, match",
+    ("attribute", "value", "match"),
     [
         ("BitsAllocated", 7, "BitsAllocated"),
         ("BitsAllocated", 0, "BitsAllocated"),
@@ -289,6 +291,7 @@ def test_deflate_bomb_hidden_in_an_element_before_pixel_data(tmp_path: Path) -> 
     write_deflated(path, ds, 32, [bytes(32)], before_pixels=[private, *zeros(1 << 30)])
     outcome, cpu = _split_limited(path, tmp_path, spool_limit_mb=1)
     assert outcome.startswith("REFUSED") and "inflate" in outcome, outcome
+    assert cpu < 5, cpu
 
 
 def test_inflate_ratio_limit_stops_a_bomb_with_small_declared_lengths(tmp_path: Path) -> None:
@@ -347,7 +350,7 @@ def test_a_gigabyte_frame_is_handed_out_in_chunks(tmp_path: Path) -> None:
         [sys.executable, "-c", _CHUNK_CHILD, str(path)],
         capture_output=True, text=True, timeout=120, check=True,
     )
-    sizes, digests, peak_mb = done.stdout.rsplit(" ", 2)[0], None, int(done.stdout.split()[-1])
+    peak_mb = int(done.stdout.split()[-1])
     zeros_digest = hashlib.sha256()
     for chunk in zeros(1 << 30, 64 * MiB):
         zeros_digest.update(chunk)
@@ -393,7 +396,7 @@ def test_deeply_nested_sequences_are_refused(tmp_path: Path, defined_length: boo
             with open_instance(path) as instance:
                 instance.dataset.to_json_dict()
             outcome.append("accepted")
-        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        except BaseException as exc:  # the test inspects it
             outcome.append(exc)
 
     thread = threading.Thread(target=run)
@@ -493,3 +496,45 @@ def test_a_header_of_too_many_elements_is_refused(tmp_path: Path) -> None:
     )
     cpu = _cpu_seconds(lambda: refused(path, "too many elements"))
     assert cpu < 10, cpu
+
+
+# -- issue #7: public pydicom API only ----------------------------------------------------
+
+_SPLITTER_MODULES = ("splitter", "structure", "inflate", "native", "encapsulated", "geometry")
+
+
+def test_the_splitter_uses_only_public_pydicom_names() -> None:
+    """It imported pydicom's private _read_file_meta_info; a pydicom release may drop it."""
+    from framecdn.ingest import splitter
+
+    folder = Path(splitter.__file__).parent
+    for module in _SPLITTER_MODULES:
+        tree = ast.parse((folder / f"{module}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pydicom"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, (module, node.module, private)
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                assert "pydicom" not in ast.unparse(node.value), (module, ast.unparse(node))
+
+
+def test_codestream_markers_follow_pydicom_uid_groups() -> None:
+    from pydicom import uid
+
+    from framecdn.ingest.encapsulated import codestream_starts
+
+    for syntax in uid.JPEGTransferSyntaxes + uid.JPEGLSTransferSyntaxes:
+        assert codestream_starts(syntax) == (b"\xff\xd8",)
+    for syntax in uid.JPEG2000TransferSyntaxes:  # HTJ2K included
+        assert codestream_starts(syntax)[0] == b"\xff\x4f\xff\x51"
+    assert codestream_starts(uid.RLELossless) is None
+
+
+def test_a_transfer_syntax_uid_with_a_newline_is_refused_in_one_line(tmp_path: Path) -> None:
+    made = write_tomosynthesis(tmp_path / "t.dcm", frames=1, rows=2, columns=2)
+    data = made.path.read_bytes()
+    at = data.index(b"1.2.840.10008.1.2.1\x00")
+    made.path.write_bytes(data[:at] + b"1.\n.840.10008.1.2.1\x00" + data[at + 20 :])
+    assert refused(made.path, "unsupported transfer syntax") == (
+        "unsupported transfer syntax 1.\\n.840.10008.1.2.1"
+    )

@@ -205,7 +205,7 @@ class FragmentFrames:
         try:
             table = dataset.get("ExtendedOffsetTable")
             lengths = dataset.get("ExtendedOffsetTableLengths")
-        except Exception:  # noqa: BLE001 - an unreadable table is no table
+        except Exception:  # an unreadable table is no table
             return None
         if not table or not lengths:
             return None
@@ -315,6 +315,6 @@ class FragmentFrames:
             )
         used = offsets[:segments]
         if used[0] != _RLE_HEADER.size or any(
-            a >= b for a, b in zip(used, [*used[1:], length])
+            a >= b for a, b in zip(used, [*used[1:], length], strict=True)
         ):
             raise InvalidInstance(f"RLE frame {number} has corrupt segment offsets")

@@ -60,7 +60,9 @@ def read_geometry(dataset: Dataset) -> Geometry:
         raise InvalidInstance(f"BitsAllocated {bits_allocated} is not 1, 8, 16, 32 or 64")
     bits_stored = _optional_int(dataset, "BitsStored", bits_allocated)
     if not 1 <= bits_stored <= bits_allocated:
-        raise InvalidInstance(f"BitsStored {bits_stored} does not fit BitsAllocated {bits_allocated}")
+        raise InvalidInstance(
+            f"BitsStored {bits_stored} does not fit BitsAllocated {bits_allocated}"
+        )
     if samples not in SAMPLES_PER_PIXEL:
         raise InvalidInstance(f"SamplesPerPixel {samples} is not 1, 3 or 4")
     photometric = _text(dataset, "PhotometricInterpretation")

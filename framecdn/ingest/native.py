@@ -2,8 +2,8 @@
 
 The value must hold NumberOfFrames frames of the declared geometry and no whole frame
 more: fewer and a frame would be cut, more and frames the file declares nowhere would
-be dropped (less than a frame of excess is padding, PS3.5 8.1.1). Frames are read by seeking, in chunks of
-any size, so a frame larger than memory can still be handed out.
+be dropped (less than a frame of excess is padding, PS3.5 8.1.1). Frames are read by
+seeking, in chunks of any size, so a frame larger than memory can still be handed out.
 """
 
 from __future__ import annotations

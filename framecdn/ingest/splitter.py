@@ -207,7 +207,7 @@ def _split_instance(
 def _sop_class_name(dataset: Dataset) -> str:
     try:
         return UID(str(dataset.get("SOPClassUID", ""))).name
-    except Exception:  # noqa: BLE001 - unreadable: no name
+    except Exception:  # unreadable: no name
         return ""
 
 
@@ -225,7 +225,7 @@ def _seekable(
             return source
     except (AttributeError, OSError):
         pass
-    spool = stack.enter_context(tempfile.TemporaryFile(dir=spool_dir))
+    spool = stack.enter_context(tempfile.TemporaryFile(dir=spool_dir))  # noqa: SIM115
     shutil.copyfileobj(source, spool, _CHUNK)
     spool.seek(0)
     return spool
@@ -308,7 +308,7 @@ def _stop_at_dataset(tag: BaseTag, vr: str | None, length: int) -> bool:
 def _transfer_syntax(meta: FileMetaDataset) -> UID:
     try:
         value = meta.get("TransferSyntaxUID")
-    except Exception:  # noqa: BLE001 - unreadable is as good as missing
+    except Exception:  # unreadable is as good as missing
         value = None
     if not value:
         raise InvalidInstance("not a DICOM Part 10 file (no Transfer Syntax UID in the file meta)")
@@ -352,7 +352,7 @@ def _check_structure(
         pixel_data = _walk_to_pixel_data(fp, dataset_start, syntax, end)
         return fp, dataset_start, pixel_data
     # The spool holds the inflated dataset alone: its file meta is the source's.
-    spool = stack.enter_context(tempfile.TemporaryFile(dir=spool_dir))
+    spool = stack.enter_context(tempfile.TemporaryFile(dir=spool_dir))  # noqa: SIM115
     inflated_start = 0
     deflated_size = fp.seek(0, os.SEEK_END) - dataset_start
     fp.seek(dataset_start)
@@ -440,8 +440,8 @@ def _read_trailing_elements(
         trailing = read_dataset(
             fp, syntax.is_implicit_VR, syntax.is_little_endian, bytelength=size - start
         )
-        kept = [trailing[tag] for tag in trailing.keys() if _PIXEL_DATA < tag != _PADDING]
-    except Exception as exc:  # noqa: BLE001 - pixels are fine; a broken tail only loses itself
+        kept = [element for element in trailing if _PIXEL_DATA < element.tag != _PADDING]
+    except Exception as exc:  # pixels are fine; a broken tail only loses itself
         log.warning("ignoring unreadable elements after Pixel Data: %s", _first_line(exc))
         return
     for element in kept:
@@ -473,7 +473,7 @@ def _check_nesting(dataset: Dataset) -> None:
                 element = item[tag]
             except RecursionError:
                 raise InvalidInstance(_too_deep()) from None
-            except Exception:  # noqa: BLE001 - a value pydicom cannot convert is not kept
+            except Exception:  # a value pydicom cannot convert is not kept
                 continue
             if element.VR == "SQ" and element.value:
                 if depth >= MAX_NESTING:
@@ -492,7 +492,7 @@ def _check_uids(dataset: Dataset) -> None:
             validate_uid(str(value) if value else "", what=keyword)
         except InvalidUID as exc:
             raise InvalidInstance(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - pydicom converting a corrupt value
+        except Exception as exc:  # pydicom converting a corrupt value
             raise InvalidInstance(f"{keyword} is unreadable ({type(exc).__name__})") from None
 
 

@@ -93,7 +93,7 @@ def write_tomosynthesis(
     rows: int = 2457,
     columns: int = 1890,
     bits_allocated: int = 16,
-    bits_stored: int = 12,
+    bits_stored: int | None = None,
     seed: int = 0,
     study_uid: str | None = None,
     series_uid: str | None = None,
@@ -107,13 +107,16 @@ def write_tomosynthesis(
     """Write a native MONOCHROME2 breast tomosynthesis instance, one frame at a time.
 
     ``transfer_syntax_uid`` may be Explicit VR LE (default), Implicit VR LE or Explicit
-    VR Big Endian. ``include_number_of_frames=False`` writes a single-frame style header
+    VR Big Endian. ``bits_stored`` defaults to 12 (or 8 for 8-bit pixels).
+    ``include_number_of_frames=False`` writes a single-frame style header
     (use with ``frames=1``); ``pixel_data=False`` leaves Pixel Data out entirely.
     ``reuse=True`` (with fixed UIDs) keeps a file already at ``path`` whose header and
     size are exactly what this call would write: the frames follow from the parameters.
     """
     if bits_allocated not in (8, 16, 32):
         raise ValueError("bits_allocated must be 8, 16 or 32")
+    if bits_stored is None:
+        bits_stored = min(12, bits_allocated)
     if transfer_syntax_uid not in _NATIVE_WRITE_SYNTAXES:
         raise ValueError(f"cannot write native Pixel Data as {transfer_syntax_uid}")
     path = Path(path)

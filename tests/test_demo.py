@@ -75,7 +75,7 @@ def test_a_second_demo_reuses_its_study(tmp_path) -> None:
                             timeout=120)
     assert second.returncode == 0, second.stderr
     assert "reusing tomo-4x64x48.dcm" in second.stdout
-    assert "0 instances ingested, 1 unchanged" in second.stdout
+    assert "0 instances ingested, 0 metadata-only, 1 unchanged" in second.stdout
     assert study.stat().st_mtime_ns == written
     assert "export FRAMECDN_PREFIX=demo" in second.stdout
 

@@ -296,6 +296,16 @@ class Settings:
         "Frame bytes (MiB) ingest holds in memory at once; one frame always fits.",
         check=at_least(1),
     )
+    ingest_max_inflate_ratio: int = setting(
+        "FRAMECDN_INGEST_MAX_INFLATE_RATIO", 200,
+        "A deflated file may inflate at most this many times its size, past its first 16 MB.",
+        check=at_least(1),
+    )
+    ingest_max_inflated_mb: int = setting(
+        "FRAMECDN_INGEST_MAX_INFLATED_MB", 4096,
+        "A deflated file may inflate to at most this many MB (spooled to disk).",
+        check=at_least(1),
+    )
     # Orthanc follower
     orthanc_url: str | None = setting(
         "FRAMECDN_ORTHANC_URL", None,

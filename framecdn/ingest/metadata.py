@@ -36,20 +36,25 @@ def instance_json(
     transfer_syntax_uid: str,
     number_of_frames: int,
 ) -> dict:
-    """DICOM JSON object of the instance, with Pixel Data as a BulkDataURI."""
+    """DICOM JSON object of the instance, with Pixel Data as a BulkDataURI.
+
+    A metadata-only instance (``number_of_frames`` 0: an SR, KO, RT Plan) gets no
+    Pixel Data and no NumberOfFrames.
+    """
     body = dataset.to_json_dict(bulk_data_threshold=2**31, suppress_invalid_tags=True)
     for tag in list(body):
         if tag in _DROPPED or tag.startswith("0002"):
             del body[tag]
-    bits_allocated = int(dataset.get("BitsAllocated", 8) or 8)
-    encapsulated = transfer_syntax_uid not in ("1.2.840.10008.1.2.1",)
-    body[PIXEL_DATA] = {
-        "vr": "OB" if encapsulated or bits_allocated <= 8 else "OW",
-        "BulkDataURI": bulk_data_path(key, number_of_frames),
-    }
     body[TRANSFER_SYNTAX_UID] = {"vr": "UI", "Value": [transfer_syntax_uid]}
     body[AVAILABLE_TRANSFER_SYNTAX_UID] = {"vr": "UI", "Value": [transfer_syntax_uid]}
-    body[NUMBER_OF_FRAMES] = {"vr": "IS", "Value": [number_of_frames]}
+    if number_of_frames:
+        bits_allocated = int(dataset.get("BitsAllocated", 8) or 8)
+        encapsulated = transfer_syntax_uid not in ("1.2.840.10008.1.2.1",)
+        body[PIXEL_DATA] = {
+            "vr": "OB" if encapsulated or bits_allocated <= 8 else "OW",
+            "BulkDataURI": bulk_data_path(key, number_of_frames),
+        }
+        body[NUMBER_OF_FRAMES] = {"vr": "IS", "Value": [number_of_frames]}
     return dict(sorted(body.items(), key=lambda item: Tag(item[0])))
 
 

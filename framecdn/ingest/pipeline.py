@@ -29,11 +29,12 @@ from framecdn.framestore.index import FrameEntry, InstanceIndex, InvalidIndex, S
 from framecdn.framestore.keys import InstanceKey, InvalidUID, KeyLayout
 from framecdn.framestore.transfer_syntax import content_type
 from framecdn.ingest import metadata
-from framecdn.ingest.splitter import InvalidInstance, SplitInstance, open_instance
+from framecdn.ingest.splitter import InflateLimits, InvalidInstance, SplitInstance, open_instance
 
 log = logging.getLogger(__name__)
 
-Status = Literal["ingested", "skipped", "failed"]
+#: "metadata-only": stored without frames (an SR, KO, RT Plan: no Pixel Data).
+Status = Literal["ingested", "metadata-only", "skipped", "failed"]
 FINGERPRINT_SPAN = 64 * 1024
 
 
@@ -142,6 +143,10 @@ class Ingestor:
         )
         # Frame bytes held in memory at once, across all files of the run.
         self._budget = ByteBudget(settings.ingest_memory_mb * 1024 * 1024)
+        self._inflate_limits = InflateLimits(
+            max_ratio=settings.ingest_max_inflate_ratio,
+            max_bytes=settings.ingest_max_inflated_mb * 1024 * 1024,
+        )
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
@@ -178,9 +183,10 @@ class Ingestor:
             log.debug("unexpected error on %s", label, exc_info=True)
             reason = f"unexpected {type(exc).__name__}: {exc}"
             return IngestResult(label, "failed", reason=reason, seconds=_since(started))
+        status: Status = "ingested" if index.number_of_frames else "metadata-only"
         return IngestResult(
             label,
-            "skipped" if skipped else "ingested",
+            "skipped" if skipped else status,
             index=index,
             frames=index.number_of_frames,
             bytes=index.total_frame_bytes,
@@ -195,9 +201,11 @@ class Ingestor:
         on_frame: Callable[[int], None] | None,
     ) -> tuple[InstanceIndex, bool]:
         path = Path(source) if isinstance(source, (str, os.PathLike)) else None
-        fingerprint = source_fingerprint(path) if path is not None else ""
-        size = path.stat().st_size if path is not None else 0
-        with open_instance(source) as split:
+        # Opened before anything reads the path: the splitter refuses a FIFO or device
+        # instead of blocking on it.
+        with open_instance(source, limits=self._inflate_limits) as split:
+            fingerprint = source_fingerprint(path) if path is not None else ""
+            size = path.stat().st_size if path is not None else 0
             dataset = split.dataset
             key = InstanceKey(
                 str(dataset.StudyInstanceUID),
@@ -358,6 +366,9 @@ def iter_sources(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
     """Files named, and files under directories named (recursively, sorted).
 
     Hidden files and DICOMDIR (a directory record, not an instance) are passed over.
+    Anything else is yielded, FIFOs, sockets and devices too: the ingest of such a path
+    fails at once with a one-line reason (the splitter never waits on it), so the run
+    reports it instead of hanging or hiding it.
     """
     for raw in paths:
         path = Path(raw)

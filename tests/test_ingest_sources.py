@@ -59,7 +59,7 @@ def test_fifo_and_socket_in_a_folder_are_reported_not_waited_on(
         f"FAILED {folder_with_a_fifo / 'b.fifo'}: not a regular file (a FIFO)",
         f"FAILED {folder_with_a_fifo / 'c.sock'}: not a regular file (a socket)",
     ]
-    assert "1 instances ingested" in done.stdout and "2 failed" in done.stdout
+    assert "1 instance ingested" in done.stdout and "2 failed" in done.stdout
     assert done.returncode == 1
 
 

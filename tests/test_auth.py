@@ -720,3 +720,19 @@ def test_rate_limiter_refills_at_its_rate() -> None:
     assert small.take("a") == 0 and small.take("a") == 1
     small.take("b")  # "a" is forgotten (an LRU of 1): it starts full again
     assert small.take("a") == 0
+
+
+def test_the_app_never_sees_the_query_token() -> None:
+    """Whatever a handler (or uvicorn's own access log) reads of the query has no token."""
+    from framecdn.origin.auth import AccessControl, AccessMiddleware
+
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen["query"] = scope["query_string"]
+
+    middleware = AccessMiddleware(app, AccessControl(Settings()))
+    scope = {"type": "http", "path": "/dicom-web/studies/1.2/metadata", "method": "GET",
+             "headers": [], "query_string": b"includefield=all&access_token=SECRET"}
+    asyncio.run(middleware(scope, None, None))
+    assert seen["query"] == b"includefield=all" and scope["query_string"] == seen["query"]

@@ -129,7 +129,8 @@ def claims_of(provider: IdentityProvider, **extra: Any) -> dict[str, Any]:
 
 
 def frame_url(served: RunningOrigin, inst: Expected | Uids, frames: str = "1") -> str:
-    return f"{served.root}/studies/{inst.study}/series/{inst.series}/instances/{inst.sop}/frames/{frames}"
+    series = f"{served.root}/studies/{inst.study}/series/{inst.series}"
+    return f"{series}/instances/{inst.sop}/frames/{frames}"
 
 
 def metadata_urls(served: RunningOrigin, inst: Expected | Uids) -> list[str]:
@@ -150,10 +151,14 @@ def test_keycloak_shaped_rs256_token_reads_its_own_sites_frames_and_metadata(
     http: httpx.Client, served: RunningOrigin, clinics: Clinics, provider: IdentityProvider
 ) -> None:
     token = provider.token(site="a")
-    single = http.get(frame_url(served, clinics.a1, "2"), headers={**bearer(token), "Accept": SINGLE})
+    single = http.get(
+        frame_url(served, clinics.a1, "2"), headers={**bearer(token), "Accept": SINGLE}
+    )
     assert single.status_code == 200, single.text
     assert single.content == clinics.a1.frames[1]
-    multi = http.get(frame_url(served, clinics.a2, "1,2"), headers={**bearer(token), "Accept": OHIF_ACCEPT})
+    multi = http.get(
+        frame_url(served, clinics.a2, "1,2"), headers={**bearer(token), "Accept": OHIF_ACCEPT}
+    )
     assert multi.status_code == 200
     assert clinics.a2.frames[0] in multi.content and clinics.a2.frames[1] in multi.content
     for url in metadata_urls(served, clinics.a1):
@@ -200,7 +205,8 @@ def test_api_keys_read_their_site_only(
         return http.get(frame_url(served, inst), headers={**bearer(key), "Accept": SINGLE})
 
     assert get(clinics.a1, clinics.key_a).content == clinics.a1.frames[0]
-    assert comparable(get(clinics.b1, clinics.key_a)) == comparable(get(elsewhere(clinics.b1), clinics.key_a))
+    other_site = get(clinics.b1, clinics.key_a)
+    assert comparable(other_site) == comparable(get(elsewhere(clinics.b1), clinics.key_a))
     assert get(clinics.b1, clinics.key_b).content == clinics.b1.frames[0]
     assert get(clinics.b1, clinics.key_all).content == clinics.b1.frames[0]
     assert get(clinics.a1, clinics.key_all).content == clinics.a1.frames[0]
@@ -226,14 +232,23 @@ def _confused(provider: IdentityProvider) -> str:
 
 REFUSED: dict[str, tuple[Callable[[IdentityProvider], str], str]] = {
     "expired": (lambda p: p.token(site="a", lifetime=-120), "token expired"),
-    "not yet valid": (lambda p: p.token(site="a", not_before=time.time() + 120), "token not yet valid"),
-    "wrong audience": (lambda p: p.token(site="a", aud=["account", "other-api"]), "token wrong audience"),
-    "wrong issuer": (lambda p: p.token(site="a", iss="http://127.0.0.1:1/realms/evil"), "token wrong issuer"),
+    "not yet valid": (
+        lambda p: p.token(site="a", not_before=time.time() + 120), "token not yet valid"
+    ),
+    "wrong audience": (
+        lambda p: p.token(site="a", aud=["account", "other-api"]), "token wrong audience"
+    ),
+    "wrong issuer": (
+        lambda p: p.token(site="a", iss="http://127.0.0.1:1/realms/evil"), "token wrong issuer"
+    ),
     "wrong signature": (lambda p: p.token(rsa_key("rsa-1"), site="a"), "token bad signature"),
     "unknown kid": (lambda p: p.token(rsa_key("no-such-key"), site="a"), "token unknown key id"),
-    "alg none": (lambda p: forged({"alg": "none", "typ": "JWT"}, claims_of(p)), "token algorithm not allowed"),
+    "alg none": (
+        lambda p: forged({"alg": "none", "typ": "JWT"}, claims_of(p)), "token algorithm not allowed"
+    ),
     "alg none kid": (
-        lambda p: forged({"alg": "none", "kid": "rsa-1"}, claims_of(p)), "token algorithm not allowed"
+        lambda p: forged({"alg": "none", "kid": "rsa-1"}, claims_of(p)),
+        "token algorithm not allowed",
     ),
     # With an HS secret configured, HS256 is checked against that secret only (never
     # against a public key); without one, HS256 is not allowed at all (next test).
@@ -242,9 +257,13 @@ REFUSED: dict[str, tuple[Callable[[IdentityProvider], str], str]] = {
         lambda p: forged({"alg": "RS256", "kid": "ec-1"}, claims_of(p), b"x" * 256),
         "token algorithm not allowed for its key",
     ),
-    "wrong azp": (lambda p: p.token(site="a", azp="another-client"), "token wrong authorized party"),
+    "wrong azp": (
+        lambda p: p.token(site="a", azp="another-client"), "token wrong authorized party"
+    ),
     "no exp": (lambda p: p.token(site="a", exp=None), "token missing claim"),
-    "studies not UIDs": (lambda p: p.token(site="a", studies=["../b"]), "studies claim is not a list of UIDs"),
+    "studies not UIDs": (
+        lambda p: p.token(site="a", studies=["../b"]), "studies claim is not a list of UIDs"
+    ),
     "garbage": (lambda p: "not-a-token", "unknown API key"),
     "malformed jwt": (lambda p: "eyJ.eyJ.sig", "token malformed"),
 }
@@ -312,7 +331,8 @@ def test_a_site_the_origin_does_not_serve_is_403_insufficient_scope(
     http: httpx.Client, served: RunningOrigin, clinics: Clinics, provider: IdentityProvider
 ) -> None:
     for site in ("c", None):
-        response = http.get(frame_url(served, clinics.a1), headers=bearer(provider.token(site=site)))
+        token = provider.token(site=site)
+        response = http.get(frame_url(served, clinics.a1), headers=bearer(token))
         assert response.status_code == 403
         assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
 
@@ -369,7 +389,8 @@ def test_a_study_outside_the_token_answers_exactly_like_a_missing_one(
         (frame_url(served, a2), frame_url(served, gone)),
         *zip(metadata_urls(served, a2), metadata_urls(served, gone), strict=True),
     ]:
-        seen, absent = http.get(other, headers=bearer(token)), http.get(missing, headers=bearer(token))
+        seen = http.get(other, headers=bearer(token))
+        absent = http.get(missing, headers=bearer(token))
         assert seen.status_code == 404
         assert comparable(seen) == comparable(absent)
     denied = [line for line in audit() if line["study"] == a2.study]
@@ -433,7 +454,8 @@ def test_query_token_works_and_never_reaches_urls_or_logs(
     url = frame_url(served, clinics.a1, "1,2") + f"?access_token={token}"
     multi = http.get(url, headers={"Accept": OHIF_ACCEPT})
     assert multi.status_code == 200
-    locations = [line for line in multi.content.split(b"\r\n") if line.startswith(b"Content-Location")]
+    lines = multi.content.split(b"\r\n")
+    locations = [line for line in lines if line.startswith(b"Content-Location")]
     assert len(locations) == 2
     assert all(b"access_token" not in line and token.encode() not in line for line in locations)
     for metadata_url in metadata_urls(served, clinics.a1):
@@ -539,7 +561,9 @@ def test_cors_preflight_needs_no_credential_and_never_says_star(
     assert preflight.headers["access-control-allow-origin"] == VIEWER
     assert preflight.headers["access-control-allow-credentials"] == "true"
     assert "Authorization" in preflight.headers["access-control-allow-headers"]
-    stranger = http.options(url, headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
+    stranger = http.options(
+        url, headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"}
+    )
     assert "access-control-allow-origin" not in stranger.headers
     assert "access-control-allow-credentials" not in stranger.headers
     refused = http.get(url, headers={"Origin": VIEWER})
@@ -605,7 +629,8 @@ def test_s3_credentials_never_appear_in_answers_or_logs(
     token = provider.token(site="a")
     seen: list[httpx.Response] = []
     for inst in (clinics.a1, clinics.b1, elsewhere(clinics.a1)):
-        for headers in ({}, bearer(token), bearer("x.y.z"), {**bearer(token), "Accept": OHIF_ACCEPT}):
+        multipart = {**bearer(token), "Accept": OHIF_ACCEPT}
+        for headers in ({}, bearer(token), bearer("x.y.z"), multipart):
             seen.append(http.get(frame_url(served, inst), headers=headers))
             for url in metadata_urls(served, inst):
                 seen.append(http.get(url, headers=headers))
@@ -657,7 +682,9 @@ def test_loud_warning_when_open_on_the_network(
     assert "authentication is OFF" not in caplog.text
 
 
-def test_settings_refuse_what_auth_cannot_work_with(clinics: Clinics, provider: IdentityProvider) -> None:
+def test_settings_refuse_what_auth_cannot_work_with(
+    clinics: Clinics, provider: IdentityProvider
+) -> None:
     base = clinics.base
     with pytest.raises(ConfigError, match="needs FRAMECDN_AUTH_JWKS_URL"):
         base.with_overrides(auth=True, cors_origins=(VIEWER,))
@@ -673,7 +700,8 @@ def test_settings_refuse_what_auth_cannot_work_with(clinics: Clinics, provider: 
         Settings.from_env({"FRAMECDN_AUTH_SITES": "a,../b"})
     with pytest.raises(ConfigError, match="names a site twice"):
         Settings.from_env({"FRAMECDN_AUTH_SITES": "a,a=x"})
-    assert Settings.from_env({"FRAMECDN_AUTH_SITES": "a, b=clinics/b "}).auth_sites == ("a", "b=clinics/b")
+    sites = Settings.from_env({"FRAMECDN_AUTH_SITES": "a, b=clinics/b "}).auth_sites
+    assert sites == ("a", "b=clinics/b")
 
 
 def test_api_keys_file_is_checked_at_start(tmp_path: Path) -> None:
@@ -736,3 +764,65 @@ def test_the_app_never_sees_the_query_token() -> None:
              "headers": [], "query_string": b"includefield=all&access_token=SECRET"}
     asyncio.run(middleware(scope, None, None))
     assert seen["query"] == b"includefield=all" and scope["query_string"] == seen["query"]
+
+
+def _serve_env(s3_store: EmbeddedS3, clinics: Clinics, **extra: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FRAMECDN_"))}
+    env.update(s3_store.environment(prefix=clinics.base.prefix))
+    env.update({"FRAMECDN_AUTH": "on", "FRAMECDN_AUTH_SITES": "a,b",
+                "FRAMECDN_CORS_ORIGINS": VIEWER, **extra})
+    return env
+
+
+def test_serve_refuses_an_unreadable_keys_file_in_one_line(
+    s3_store: EmbeddedS3, clinics: Clinics, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    env = _serve_env(s3_store, clinics, FRAMECDN_AUTH_API_KEYS_FILE=str(tmp_path / "absent"))
+    result = subprocess.run(
+        [sys.executable, "-m", "framecdn", "serve", "--port", "1"], env=env,
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == ConfigError.exit_code
+    assert result.stderr.strip().splitlines() == [
+        f"framecdn serve: FRAMECDN_AUTH_API_KEYS_FILE={str(tmp_path / 'absent')!r}: "
+        "No such file or directory"
+    ]
+
+
+def test_serve_workers_check_credentials_from_the_environment(
+    s3_store: EmbeddedS3, clinics: Clinics
+) -> None:
+    """`framecdn serve` with two workers: each reads the auth settings and the keys file."""
+    import sys
+
+    from tests.origin_fixtures import free_port
+    from tests.processes import running
+
+    port = free_port()
+    env = _serve_env(s3_store, clinics, FRAMECDN_AUTH_API_KEYS_FILE=str(clinics.api_keys_file))
+    command = [sys.executable, "-m", "framecdn", "serve", "--port", str(port), "--workers", "2"]
+    with running(command, env=env) as process, httpx.Client(timeout=10) as client:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None
+            try:
+                if client.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "serve never answered"
+                time.sleep(0.2)
+        root = RunningOrigin(base, base + "/dicom-web", None, clinics.base)  # type: ignore[arg-type]
+        url = frame_url(root, clinics.b1)
+        single = {"Accept": SINGLE, **bearer(clinics.key_b)}
+        answers = [client.get(url, headers=single) for _ in range(6)]
+        assert [a.status_code for a in answers] == [200] * 6, answers[0].text
+        assert all(a.content == clinics.b1.frames[0] for a in answers)
+        assert {client.get(url).status_code for _ in range(6)} == {401}
+        other_site = bearer(clinics.key_a)
+        assert {client.get(url, headers=other_site).status_code for _ in range(6)} == {404}

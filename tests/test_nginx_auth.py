@@ -50,7 +50,7 @@ LOG_LINE = re.compile(
 def nginx_binary() -> str:
     found = nginx_binary_or_none()
     if found is None:
-        reason = "nginx binary not found at /usr/sbin/nginx or on PATH (apt-get install nginx-light)"
+        reason = "nginx binary not found at /usr/sbin/nginx or on PATH (apt-get install nginx)"
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
         pytest.skip(reason)
@@ -159,7 +159,8 @@ def test_a_cached_answer_is_refused_to_requests_the_origin_refuses(
     other_study = http.get(url, headers={**headers, **bearer(narrow)})
     assert other_site.status_code == other_study.status_code == 404
     if number:
-        gone = http.get(missing_like(stream_nginx, inst, number), headers={**headers, **bearer(token)})
+        missing = missing_like(stream_nginx, inst, number)
+        gone = http.get(missing, headers={**headers, **bearer(token)})
         assert gone.status_code == 404 and gone.content == other_site.content
     assert_refused_without_cached_bytes(stream_nginx, [other_site, other_study], cached)
 

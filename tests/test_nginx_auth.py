@@ -288,6 +288,7 @@ def test_nginx_limits_one_flooding_credential_not_the_others(
                     retry_after.add(response.headers.get("retry-after", ""))
 
         threads = [threading.Thread(target=flood) for _ in range(2)]
+        flood_started = time.monotonic()
         for thread in threads:
             thread.start()
         latencies = []
@@ -302,9 +303,13 @@ def test_nginx_limits_one_flooding_credential_not_the_others(
             stop.set()
             for thread in threads:
                 thread.join(10)
-        assert statuses.count(429) > statuses.count(200) > 0, (statuses.count(200), len(statuses))
+        flood_seconds = time.monotonic() - flood_started
+        # The flood got its burst and its rate, no more; the rest was refused.
+        allowed = 5 + 1 + 10 * flood_seconds * 1.1
+        assert 0 < statuses.count(200) <= allowed, (statuses.count(200), flood_seconds)
+        assert statuses.count(429) > 0 and set(statuses) == {200, 429}
         assert "1" in retry_after
         print(f"calm: max {max(latencies) * 1000:.1f} ms; flood: {len(statuses)} requests")
-        assert max(latencies) < 1.0
+        assert max(latencies) < 2.0  # generous: two cores shared with the whole suite
         anonymous = [client.get(url).status_code for _ in range(20)]
         assert 429 in anonymous and 401 in anonymous

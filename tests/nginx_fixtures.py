@@ -116,6 +116,13 @@ def variables_for(
         # As docs/deployment.md says: collapse cold frame fills when the origin streams;
         # in accel mode only the object cache (which has its own lock) stores frames.
         "NGINX_FRAMES_CACHE_LOCK": "off" if settings.delivery == "accel" else "on",
+        # Access control follows the origin's: the auth check only when it checks
+        # credentials; limits far above what a test makes unless the test lowers them.
+        "NGINX_AUTH_REQUEST": "/_framecdn_authorize" if settings.auth else "off",
+        "NGINX_CACHE_SECRET": settings.cache_secret or "",
+        "NGINX_LIMIT_RATE": "10000r/s",
+        "NGINX_LIMIT_ANONYMOUS_RATE": "10000r/s",
+        "NGINX_LIMIT_BURST": "10000",
         "FRAMECDN_ROOT_PATH": settings.root_path.rstrip("/"),
         "FRAMECDN_ACCEL_LOCATION": settings.accel_location,
     }

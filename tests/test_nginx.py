@@ -182,6 +182,9 @@ def test_envsubst_with_the_variable_list_renders_like_string_template(
         "NGINX_RESOLVER": "127.0.0.1", "NGINX_CACHE_DIR": str(tmp_path / "cache"),
         "NGINX_CACHE_MAX_SIZE": "10g", "NGINX_S3_CACHE_MAX_SIZE": "20g",
         "NGINX_ACCESS_LOG": "/dev/null", "NGINX_FRAMES_CACHE_LOCK": "off",
+        "NGINX_AUTH_REQUEST": "/_framecdn_authorize", "NGINX_CACHE_SECRET": "s" * 32,
+        "NGINX_LIMIT_RATE": "50r/s", "NGINX_LIMIT_ANONYMOUS_RATE": "20r/s",
+        "NGINX_LIMIT_BURST": "200",
         "FRAMECDN_ROOT_PATH": "/dicom-web", "FRAMECDN_ACCEL_LOCATION": "/_framecdn_s3/",
     }
     rendered = render_template(values)

@@ -11,6 +11,7 @@ from framecdn.cli import add_storage_flags, setting_help, settings_from_args
 from framecdn.cli.stopping import stop_on_signals
 from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import DELIVERY_MODES, ENVIRONMENT, Settings
+from framecdn.origin.auth import AccessControl
 
 APP_FACTORY = "framecdn.origin.app:create_app_from_env"
 
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     stop_on_signals()
     settings = settings_from_args(args, *FLAG_SETTINGS)
     Bucket.from_settings(settings).check()  # a wrong secret or bucket: say so now, exit 1
+    AccessControl(settings)  # an unreadable API keys or JWKS file: say so now, not per worker
     export_settings(settings, os.environ)
     try:
         uvicorn.run(

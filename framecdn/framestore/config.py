@@ -125,6 +125,25 @@ def shard(value: str) -> str | None:
     return None
 
 
+def site_list(values: tuple[str, ...]) -> str | None:
+    """``name`` or ``name=subprefix`` entries with distinct, key-safe names."""
+    names = []
+    for entry in values:
+        name, _, sub = entry.partition("=")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name.strip()) or name.strip() in (".", ".."):
+            return f"has a site name that is not letters, digits, '.', '_', '-': {entry!r}"
+        if sub and not re.fullmatch(r"[A-Za-z0-9._\-/]+", sub.strip()):
+            return f"has a site prefix that is not key-safe: {entry!r}"
+        names.append(name.strip())
+    if len(set(names)) != len(names):
+        return "names a site twice"
+    return None
+
+
+#: With auth on, a redirect's presigned URL lives at most two windows: keep it short.
+MAX_AUTH_PRESIGN_WINDOW = 300
+
+
 # Settings ----------------------------------------------------------------------------
 
 
@@ -287,6 +306,113 @@ class Settings:
     retry_after_seconds: int = setting(
         "FRAMECDN_RETRY_AFTER", 5, "Retry-After of 502/503/504 answers.", check=at_least(1)
     )
+    # Access control (docs/security.md)
+    auth: bool = setting(
+        "FRAMECDN_AUTH", False,
+        "Check a credential (bearer JWT or API key) on every DICOMweb request; off serves "
+        "every study to anyone who reaches the origin.",
+    )
+    auth_sites: tuple[str, ...] = setting(
+        "FRAMECDN_AUTH_SITES", (),
+        "Comma-separated sites (clinics) this origin serves, `name` or `name=subprefix`; "
+        "each reads `FRAMECDN_PREFIX` + subprefix (`name/` unless given). Empty: one site, "
+        "`FRAMECDN_PREFIX` itself.",
+        check=site_list,
+    )
+    auth_upstream_site: str | None = setting(
+        "FRAMECDN_AUTH_UPSTREAM_SITE", None,
+        "With auth on and several sites, the site the upstream PACS belongs to: only its "
+        "callers (and all-site callers) reach the upstream; unset means none do. With one "
+        "site, its callers do.",
+    )
+    auth_jwt_secret: str | None = setting(
+        "FRAMECDN_AUTH_JWT_SECRET", None,
+        "Shared secret of HS256 tokens (at least 32 bytes).",
+        check=lambda v: None if len(v.encode()) >= 32 else "must be at least 32 bytes",
+        secret=True,
+    )
+    auth_jwks_url: str | None = setting(
+        "FRAMECDN_AUTH_JWKS_URL", None,
+        "JWKS URL of the identity provider (RS256/ES256 tokens), e.g. Keycloak's "
+        "`https://idp/realms/R/protocol/openid-connect/certs`.",
+        check=http_url,
+    )
+    auth_jwks_file: str | None = setting(
+        "FRAMECDN_AUTH_JWKS_FILE", None, "JWKS file (instead of, or besides, the URL)."
+    )
+    auth_issuer: str | None = setting(
+        "FRAMECDN_AUTH_ISSUER", None, "Required `iss` of tokens, e.g. the Keycloak realm URL."
+    )
+    auth_audience: tuple[str, ...] = setting(
+        "FRAMECDN_AUTH_AUDIENCE", (),
+        "Comma-separated accepted `aud` values; a token must carry one of them.",
+    )
+    auth_authorized_parties: tuple[str, ...] = setting(
+        "FRAMECDN_AUTH_AUTHORIZED_PARTIES", (),
+        "Comma-separated accepted `azp` (OIDC client id, e.g. OHIF's); empty: not checked.",
+    )
+    auth_leeway_seconds: float = setting(
+        "FRAMECDN_AUTH_LEEWAY", 30.0,
+        "Seconds of clock skew allowed on `exp`, `nbf` and `iat`.", check=between(0, 300),
+    )
+    auth_site_claim: str = setting(
+        "FRAMECDN_AUTH_SITE_CLAIM", "site",
+        "Token claim naming the caller's site(s) (a name, a list, or `*` for all); dots "
+        "reach into objects (`attributes.site`).",
+        check=non_empty,
+    )
+    auth_studies_claim: str = setting(
+        "FRAMECDN_AUTH_STUDIES_CLAIM", "studies",
+        "Token claim listing the only Study Instance UIDs it opens (absent: all of its "
+        "sites').",
+        check=non_empty,
+    )
+    auth_subject_claim: str = setting(
+        "FRAMECDN_AUTH_SUBJECT_CLAIM", "sub",
+        "Token claim naming the caller in the audit log (Keycloak: `preferred_username`).",
+        check=non_empty,
+    )
+    auth_api_keys_file: str | None = setting(
+        "FRAMECDN_AUTH_API_KEYS_FILE", None,
+        "File of API keys, one `sha256:<hex> site subject` line each (`framecdn api-key` "
+        "makes one).",
+    )
+    auth_query_token: bool = setting(
+        "FRAMECDN_AUTH_QUERY_TOKEN", True,
+        "Also accept the credential as `?access_token=` (viewers that cannot set headers); "
+        "it is removed before logging, caching and URL building.",
+    )
+    auth_realm: str = setting(
+        "FRAMECDN_AUTH_REALM", "framecdn", "Realm named in `WWW-Authenticate`.",
+        check=lambda v: None if re.fullmatch(r"[A-Za-z0-9 ._-]+", v) else "has odd characters",
+    )
+    auth_jwks_refresh_seconds: float = setting(
+        "FRAMECDN_AUTH_JWKS_REFRESH_SECONDS", 30.0,
+        "Least seconds between two JWKS fetches (a token with an unknown `kid` asks for one).",
+        check=at_least(0),
+    )
+    auth_jwks_max_age_seconds: float = setting(
+        "FRAMECDN_AUTH_JWKS_MAX_AGE_SECONDS", 3600.0,
+        "Seconds fetched JWKS keys are used before they are fetched again.", check=positive,
+    )
+    cache_secret: str | None = setting(
+        "FRAMECDN_CACHE_SECRET", None,
+        "Shared secret the shipped nginx sends in `X-Framecdn-Cache` (its `NGINX_CACHE_SECRET`): "
+        "it asks the origin before every answer from its cache, so with auth on only its "
+        "requests get answers it may cache; unset: every answer is `private`.",
+        check=lambda v: None if len(v) >= 16 else "must be at least 16 characters",
+        secret=True,
+    )
+    rate_limit: float = setting(
+        "FRAMECDN_RATE_LIMIT", 0.0,
+        "Requests per second one caller (credential, or address without one) may make; "
+        "0 is no limit.",
+        check=at_least(0),
+    )
+    rate_burst: int = setting(
+        "FRAMECDN_RATE_BURST", 200, "Requests a caller may make at once above the rate.",
+        check=at_least(1),
+    )
     # Ingest
     ingest_workers: int = setting(
         "FRAMECDN_INGEST_WORKERS", 8, "Parallel uploads during ingest.", check=at_least(1)
@@ -387,6 +513,7 @@ class Settings:
                 problem = check(value)
             if problem is not None:
                 raise ConfigError(f"{f.metadata['env']}={_show(value, f)} {problem}")
+        _check_access_control(self)
 
     @property
     def internal_endpoint(self) -> str:
@@ -416,6 +543,42 @@ class Settings:
                 continue
             values[f.name] = parse_value(raw, hints[f.name], variable)
         return cls(**values)
+
+
+def _check_access_control(settings: Settings) -> None:
+    """Settings that only make sense together (auth on needs a way to check credentials)."""
+    if not settings.auth:
+        return
+    jwt = settings.auth_jwt_secret or settings.auth_jwks_url or settings.auth_jwks_file
+    if not (jwt or settings.auth_api_keys_file):
+        raise ConfigError(
+            "FRAMECDN_AUTH=on needs FRAMECDN_AUTH_JWKS_URL, FRAMECDN_AUTH_JWKS_FILE, "
+            "FRAMECDN_AUTH_JWT_SECRET or FRAMECDN_AUTH_API_KEYS_FILE"
+        )
+    if jwt and not (settings.auth_issuer and settings.auth_audience):
+        raise ConfigError(
+            "FRAMECDN_AUTH=on with JWTs needs FRAMECDN_AUTH_ISSUER and FRAMECDN_AUTH_AUDIENCE "
+            "(a token for another service or realm must not open studies here)"
+        )
+    if "*" in settings.cors_origins:
+        raise ConfigError(
+            "FRAMECDN_CORS_ORIGINS='*' is refused with FRAMECDN_AUTH=on: list the viewers' "
+            "origins, e.g. https://viewer.example.org"
+        )
+    if settings.delivery == "redirect" and settings.presign_window_seconds > (
+        MAX_AUTH_PRESIGN_WINDOW
+    ):
+        raise ConfigError(
+            f"FRAMECDN_PRESIGN_WINDOW={settings.presign_window_seconds} is too long with "
+            f"FRAMECDN_AUTH=on and redirects: a redirect URL opens its frame to whoever holds "
+            f"it for two windows; at most {MAX_AUTH_PRESIGN_WINDOW}"
+        )
+    sites = {entry.partition("=")[0].strip() for entry in settings.auth_sites}
+    if settings.auth_upstream_site is not None and settings.auth_upstream_site not in sites:
+        raise ConfigError(
+            f"FRAMECDN_AUTH_UPSTREAM_SITE={settings.auth_upstream_site!r} is not one of "
+            "FRAMECDN_AUTH_SITES"
+        )
 
 
 # Parsing and rendering ---------------------------------------------------------------

@@ -20,6 +20,13 @@ from starlette.routing import Route
 from framecdn.framestore.access import AccessRecorder
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import KeyLayout
+from framecdn.origin.auth import (
+    AUTHORIZE_PATH,
+    AccessControl,
+    AccessMiddleware,
+    authorize_endpoint,
+    warn_if_open,
+)
 from framecdn.origin.cors import CORSMiddleware
 from framecdn.origin.delivery import Delivery
 from framecdn.origin.errors import unexpected_error
@@ -52,8 +59,11 @@ class Origin:
         self.recorder = AccessRecorder(settings.access_marker_seconds)
         self.prefetch = settings.frame_prefetch
         self.chunk_size = settings.stream_chunk_bytes
+        #: Who may read what (docs/security.md); with auth off only the query-token strip.
+        self.access = AccessControl(settings)
 
     async def aclose(self) -> None:
+        await self.access.aclose()
         await self.store.aclose()
 
 
@@ -74,11 +84,13 @@ def _routes(origin: Origin) -> list[Route]:
         Route("/healthz", healthz, methods=methods),
         Route("/readyz", readyz, methods=methods),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route(AUTHORIZE_PATH, authorize_endpoint, methods=methods),
     ]
 
 
 def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Starlette:
     """The origin as an ASGI app (state is created here, connections on first use)."""
+    warn_if_open(settings)
     origin = Origin(settings, upstream)
 
     @contextlib.asynccontextmanager
@@ -107,8 +119,11 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Starl
         exception_handlers={Exception: unexpected_error},
     )
     app.state.origin = origin
-    # The middleware added last is the outermost: metrics also count CORS preflights.
-    app.add_middleware(CORSMiddleware, origins=settings.cors_origins)
+    # The middleware added last is the outermost: metrics also count (and log) CORS
+    # preflights and refused requests; CORS answers preflights before access control
+    # (browsers send no credential on them) and puts its headers on a 401 too.
+    app.add_middleware(AccessMiddleware, access=origin.access)
+    app.add_middleware(CORSMiddleware, origins=settings.cors_origins, credentials=settings.auth)
     app.add_middleware(MetricsMiddleware, metrics=origin.metrics)
     return app
 

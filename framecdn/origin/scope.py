@@ -10,12 +10,14 @@ does not exist, so handlers treat "not allowed" and "not found" the same way.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
-from framecdn.framestore.keys import KeyLayout
+from framecdn.framestore.config import Settings
+from framecdn.framestore.keys import KeyLayout, normalize_prefix
 
 if TYPE_CHECKING:
     from framecdn.origin.app import Origin
@@ -40,6 +42,84 @@ class ReadScope:
     def layouts_for(self, study: str) -> tuple[KeyLayout, ...]:
         """Where ``study`` may be looked for: nowhere when it is out of scope."""
         return self.layouts if self.allows(study) else ()
+
+
+    def partition(self, study: str | None) -> str:
+        """A short name for "what this scope reads of ``study``" (of everything: None).
+
+        Two requests with the same partition get the same answer for the same URL, so a
+        shared cache may key on it; "none" means the study is out of scope.
+        """
+        layouts = self.layouts if study is None else self.layouts_for(study)
+        if not layouts:
+            return "none"
+        studies = "*"
+        if study is None and self.studies is not None:  # a search: what it may list
+            studies = ",".join(sorted(self.studies))
+        text = "|".join(layout.prefix for layout in layouts) + f"#{studies}#{self.upstream}"
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+#: The site claim value (or API key site) meaning "every configured site".
+ALL_SITES = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who asks, as their credential says: what the scope is made of and the audit logs."""
+
+    subject: str
+    #: Site names the credential names (``("*",)``: all of them).
+    sites: tuple[str, ...]
+    #: None: every study of those sites; else only these Study Instance UIDs.
+    studies: frozenset[str] | None = None
+    #: How the caller proved it: ``jwt`` or ``api-key``.
+    method: str = "jwt"
+
+    @property
+    def site_label(self) -> str:
+        return ",".join(self.sites) or "-"
+
+
+class Sites:
+    """The sites (clinics sharing the bucket) this origin serves, each a prefix of its own.
+
+    A site ``name`` reads ``{FRAMECDN_PREFIX}{subprefix}`` (``name/`` unless configured
+    as ``name=subprefix``). With no sites configured there is one, the origin's prefix,
+    and every valid credential reads it. The sites must be configured: a bucket listing
+    is not a registry, and a token must never reach a prefix nobody meant to serve.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        base = normalize_prefix(settings.prefix)
+        self.layouts: dict[str, KeyLayout] = {}
+        for entry in settings.auth_sites:
+            name, _, sub = entry.partition("=")
+            name = name.strip()
+            self.layouts[name] = KeyLayout(base + normalize_prefix(sub.strip() or name))
+        self.own = KeyLayout(settings.prefix)
+        self.upstream_site = settings.auth_upstream_site
+
+    @property
+    def single(self) -> bool:
+        return not self.layouts
+
+    def scope_for(self, identity: Identity) -> ReadScope | None:
+        """What ``identity`` may read; None when it names no site served here."""
+        if self.single:
+            return ReadScope((self.own,), identity.studies, upstream=True)
+        if ALL_SITES in identity.sites:
+            names = list(self.layouts)
+        else:
+            names = [name for name in self.layouts if name in identity.sites]
+        if not names:
+            return None
+        upstream = self.upstream_site in names
+        if upstream:  # a fill lands under the first layout: the upstream's own site
+            names.remove(self.upstream_site)  # type: ignore[arg-type]
+            names.insert(0, self.upstream_site)  # type: ignore[arg-type]
+        layouts = tuple(self.layouts[name] for name in names)
+        return ReadScope(layouts, identity.studies, upstream)
 
 
 def read_scope(request: Request) -> ReadScope:

@@ -256,7 +256,7 @@ def throughput(
                 if status != 200:
                     raise RuntimeError(f"status {status}")
                 totals[n] += size
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread after the run
+        except BaseException as exc:  # re-raised in the main thread after the run
             errors.append(exc)
 
     def sample_rss() -> None:

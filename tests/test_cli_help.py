@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -115,7 +115,7 @@ def test_summaries_say_1_instance_not_1_instances():
 def test_lifecycle_apply_with_a_past_date_needs_yes(own_bucket, monkeypatch, s3_store, capsys):
     flags = ["--bucket", own_bucket.bucket, "--prefix", "clinic-y"]
     store = Bucket.from_settings(own_bucket)
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     for when in (today, today - timedelta(days=3)):
         argv = ["lifecycle", "apply", "--date", when.isoformat(), *flags]
         assert run_cli(argv, monkeypatch, s3_store) == 2

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -267,7 +267,7 @@ class Ingestor:
             metadata_size=len(body),
             metadata_sha256=hashlib.sha256(body).hexdigest(),
             source=source,
-            ingested_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
             ingest_id=uuid.uuid4().hex,
         )
         # The commit marker: only now does the instance become visible.
@@ -354,7 +354,7 @@ def _wait_all(futures: Iterable[Future]) -> None:
         if not future.cancelled():
             try:
                 future.exception()
-            except BaseException:  # noqa: BLE001 - we only wait here
+            except BaseException:
                 pass
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 from collections.abc import MutableMapping
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, *FLAG_SETTINGS)
     Bucket.from_settings(settings).check()  # a wrong secret or bucket: say so now, exit 1
     export_settings(settings, os.environ)
-    try:
+    # uvicorn shuts down on the signal, then re-raises it for us: a clean stop.
+    with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(
             APP_FACTORY,
             factory=True,
@@ -78,6 +80,4 @@ def run(args: argparse.Namespace) -> int:
             proxy_headers=True,
             timeout_keep_alive=30,
         )
-    except KeyboardInterrupt:
-        pass  # uvicorn shut down on the signal, then re-raised it for us: a clean stop
     return 0

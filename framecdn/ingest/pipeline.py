@@ -9,6 +9,7 @@ in memory, so memory does not grow with instance size.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -213,9 +214,13 @@ class Ingestor:
                 str(dataset.SOPInstanceUID),
             )
             stored = self.stored_index(key)
-            if stored is not None and not self.force and fingerprint:
-                if stored.source.fingerprint == fingerprint:
-                    return stored, True
+            if (
+                stored is not None
+                and not self.force
+                and fingerprint
+                and stored.source.fingerprint == fingerprint
+            ):
+                return stored, True
             if stored is not None:
                 log.warning("%s: replacing stored instance %s", label, key.instance)
                 self.bucket.delete([self.layout.index(key)])
@@ -352,10 +357,8 @@ class Ingestor:
 def _wait_all(futures: Iterable[Future]) -> None:
     for future in futures:
         if not future.cancelled():
-            try:
+            with contextlib.suppress(BaseException):  # we only wait here
                 future.exception()
-            except BaseException:
-                pass
 
 
 def _since(started: float) -> float:

@@ -104,7 +104,9 @@ def test_counts_are_plural_only_when_not_one():
 
 def test_summaries_say_1_instance_not_1_instances():
     report = IngestReport([IngestResult("a.dcm", "ingested", frames=1, bytes=10)], seconds=1)
-    assert summary(report).startswith("1 instance ingested, 0 metadata-only, 0 unchanged, 0 failed; 1 frame,")
+    assert summary(report).startswith(
+        "1 instance ingested, 0 metadata-only, 0 unchanged, 0 failed; 1 frame,"
+    )
     key = InstanceKey("1.2", "1.2.3", "1.2.3.4")
     evicted = eviction_summary(EvictionReport([key], objects=1, bytes=1))
     assert evicted == "removed 1 instance of 1 study: 1 object, 1 byte"

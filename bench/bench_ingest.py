@@ -137,17 +137,23 @@ def main() -> None:
     base_med, ingest_med = statistics.median(base_s), statistics.median(ingest_s)
     inproc_med = statistics.median(inproc_s)
     ratio = base_med / inproc_med
+    runs = zip(base_s, inproc_s, ingest_s, strict=True)
     rows = [
-        ("instance", f"{args.frames} frames x {args.rows}x{args.columns} x 16 bit = {total_mb:.0f} MB"),
-        ("baseline: plain parallel PUTs (median)", f"{base_med:.2f} s, {total_mb / base_med:.0f} MB/s"),
-        ("framecdn ingest in-process (median)", f"{inproc_med:.2f} s, {total_mb / inproc_med:.0f} MB/s"),
+        ("instance",
+         f"{args.frames} frames x {args.rows}x{args.columns} x 16 bit = {total_mb:.0f} MB"),
+        ("baseline: plain parallel PUTs (median)",
+         f"{base_med:.2f} s, {total_mb / base_med:.0f} MB/s"),
+        ("framecdn ingest in-process (median)",
+         f"{inproc_med:.2f} s, {total_mb / inproc_med:.0f} MB/s"),
         ("ratio ingest / baseline throughput", f"{ratio:.2f} (aim >= 0.8)"),
         ("`framecdn ingest` command, incl. interpreter start (median)",
-         f"{ingest_med:.2f} s, {total_mb / ingest_med:.0f} MB/s (ratio {base_med / ingest_med:.2f})"),
-        (f"peak RSS, {args.frames} frames (max of {args.repeats})", f"{max(rss):.0f} MB (aim < 200 MB)"),
+         f"{ingest_med:.2f} s, {total_mb / ingest_med:.0f} MB/s"
+         f" (ratio {base_med / ingest_med:.2f})"),
+        (f"peak RSS, {args.frames} frames (max of {args.repeats})",
+         f"{max(rss):.0f} MB (aim < 200 MB)"),
         (f"peak RSS, {small.number_of_frames} frames", f"{small_rss:.0f} MB"),
         ("runs (baseline / in-process / command, s)",
-         ", ".join(f"{b:.2f}/{p:.2f}/{i:.2f}" for b, p, i in zip(base_s, inproc_s, ingest_s))),
+         ", ".join(f"{b:.2f}/{p:.2f}/{i:.2f}" for b, p, i in runs)),
     ]
     print(f"\n{time.strftime('%Y-%m-%d')} · {platform.node()} · {os.cpu_count()} cores · "
           f"Python {platform.python_version()} · {args.workers} upload workers\n")

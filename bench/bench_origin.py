@@ -51,10 +51,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.nginx_fixtures: the nginx the tests check
+from repo_root import ROOT  # first: tests.nginx_fixtures, the nginx the tests check
 
 from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
@@ -152,7 +149,8 @@ def start_origin(store: EmbeddedS3, settings: Settings, delivery: str, log: Path
     env["FRAMECDN_ACCEL_LOCATION"] = settings.accel_location
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "framecdn", "serve", "--port", str(port), "--delivery", delivery],
+            [sys.executable, "-m", "framecdn", "serve",
+             "--port", str(port), "--delivery", delivery],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -256,7 +254,7 @@ def throughput(
                 if status != 200:
                     raise RuntimeError(f"status {status}")
                 totals[n] += size
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread after the run
+        except BaseException as exc:  # re-raised in the main thread after the run
             errors.append(exc)
 
     def sample_rss() -> None:
@@ -346,7 +344,8 @@ def nginx_fetch(fetcher: Fetcher, proxy: RunningNginx, frames: Frames, expect: s
     (so a "warm" number can never silently include misses, nor a "cold" one hits)."""
 
     def fetch(n: int) -> tuple[int, int]:
-        status, size, cache = fetcher.get_with_cache_status(proxy.frames_url(frames, str(n)), SINGLE)
+        url = proxy.frames_url(frames, str(n))
+        status, size, cache = fetcher.get_with_cache_status(url, SINGLE)
         if status == 200 and cache not in expect:
             raise RuntimeError(f"frame {n}: X-Cache-Status {cache}, expected {sorted(expect)}")
         return status, size
@@ -377,7 +376,9 @@ def verify_accel(proxy: RunningNginx, frames: Frames, direct_urls: list[str]) ->
         raise RuntimeError("frame 1 through nginx differs from the direct S3 GET")
 
 
-def cold_latencies(fleet: NginxFleet, fetcher: Fetcher, frames: Frames, samples: int) -> list[float]:
+def cold_latencies(
+    fleet: NginxFleet, fetcher: Fetcher, frames: Frames, samples: int
+) -> list[float]:
     """First touch of each frame, on fresh nginx instances (one per ``frames.count``
     samples): nginx's object cache is empty, S3 and the origin are as warm as for the
     other targets."""
@@ -392,7 +393,12 @@ def cold_latencies(fleet: NginxFleet, fetcher: Fetcher, frames: Frames, samples:
 
 
 def cold_throughput(
-    fleet: NginxFleet, fetcher: Fetcher, frames: Frames, clients: int, store_pid: int, origin_pid: int
+    fleet: NginxFleet,
+    fetcher: Fetcher,
+    frames: Frames,
+    clients: int,
+    store_pid: int,
+    origin_pid: int,
 ) -> Throughput:
     """Throughput on a fresh nginx (empty cache): each frame is fetched from S3 once."""
     with fleet.fresh(f"cold-{clients}") as proxy:
@@ -433,24 +439,27 @@ def latency_table(r: Results) -> list[str]:
         f"| direct presigned GET from S3 | {base:.1f} | {p95(r.lat_direct):.1f} | 1.00 | |",
         (f"| origin, `stream` | {p50(r.lat_stream):.1f} | {p95(r.lat_stream):.1f} | {stream:.2f} | "
          f"≤ {GOAL_P50_RATIO} {mark(stream <= GOAL_P50_RATIO)} |"),
-        (f"| origin, `redirect` (307 answer) | {p50(r.lat_redirect):.2f} | {p95(r.lat_redirect):.2f} | "
-         f"— | p50 ≤ 2 ms {mark(p50(r.lat_redirect) <= 2)} |"),
+        (f"| origin, `redirect` (307 answer) | {p50(r.lat_redirect):.2f} | "
+         f"{p95(r.lat_redirect):.2f} | — | p50 ≤ 2 ms {mark(p50(r.lat_redirect) <= 2)} |"),
     ]
     for label, values in (("cold (MISS: nginx fetches from S3)", r.lat_accel_cold),
                           ("warm (HIT)", r.lat_accel_warm)):
         ratio = p50(values) / base
         md.append(f"| `accel` behind nginx, {label} | {p50(values):.1f} | {p95(values):.1f} | "
-                  f"{ratio:.2f} | alternative: ≤ {GOAL_P50_RATIO} {mark(ratio <= GOAL_P50_RATIO)} |")
+                  f"{ratio:.2f} | alternative: ≤ {GOAL_P50_RATIO} "
+                  f"{mark(ratio <= GOAL_P50_RATIO)} |")
     return md
 
 
 def stream_table(r: Results, top: int) -> list[str]:
-    md = ["| Clients scrolling all frames | direct MB/s | origin `stream` MB/s | ratio | origin peak RSS |",
+    md = ["| Clients scrolling all frames | direct MB/s | origin `stream` MB/s | ratio "
+          "| origin peak RSS |",
           "| ---: | ---: | ---: | ---: | ---: |"]
     for run in r.runs:
         d, s = run["direct"], run["stream"]
         ratio = s.mb_per_s / d.mb_per_s
-        goal = f" (goal ≥ {GOAL_THROUGHPUT_RATIO} {mark(ratio >= GOAL_THROUGHPUT_RATIO)})" if d.clients == top else ""
+        goal = (f" (goal ≥ {GOAL_THROUGHPUT_RATIO} {mark(ratio >= GOAL_THROUGHPUT_RATIO)})"
+                if d.clients == top else "")
         md.append(f"| {d.clients} | {d.mb_per_s:.0f} | {s.mb_per_s:.0f} | {ratio:.2f}{goal} | "
                   f"{s.peak_rss['origin'] / 1e6:.0f} MB |")
     return md
@@ -468,8 +477,8 @@ def accel_table(r: Results, top: int) -> list[str]:
         cells = []
         for name in ACCEL_RUNS:
             ratio = run[name].mb_per_s / d.mb_per_s
-            alt = (f" (alternative: ≥ {GOAL_THROUGHPUT_RATIO} {mark(ratio >= GOAL_THROUGHPUT_RATIO)})"
-                   if d.clients == top else "")
+            alt = (f" (alternative: ≥ {GOAL_THROUGHPUT_RATIO} "
+                   f"{mark(ratio >= GOAL_THROUGHPUT_RATIO)})" if d.clients == top else "")
             cells.append(f"{run[name].mb_per_s:.0f} | {ratio:.2f}{alt}")
         md.append(f"| {d.clients} | {d.mb_per_s:.0f} | {' | '.join(cells)} | "
                   f"{w.peak_rss['nginx'] / 1e6:.0f} MB / {w.peak_rss['origin'] / 1e6:.0f} MB |")
@@ -484,7 +493,8 @@ def cpu_table(r: Results) -> list[str]:
             cells = [f"{t.cpu_per_gb(who):.2f}" if who in t.cpu else "—"
                      for who in ("clients", "SeaweedFS", "origin", "nginx")]
             total = sum(t.cpu.values()) / (t.bytes / 1e9)
-            md.append(f"| {t.clients} | {name} | {' | '.join(cells)} | {total:.2f} | {t.cores_busy:.2f} |")
+            md.append(f"| {t.clients} | {name} | {' | '.join(cells)} | {total:.2f} "
+                      f"| {t.cores_busy:.2f} |")
     return md
 
 
@@ -494,9 +504,10 @@ def markdown(r: Results) -> str:
            f"{len(r.lat_direct)} latency samples per target (interleaved blocks; accel cold: "
            f"{len(r.lat_accel_cold)} first touches on fresh nginx instances), "
            f"{len(r.lat_redirect)} redirect samples."), ""]
-    md += latency_table(r) + [""] + stream_table(r, top) + [""] + accel_table(r, top) + [""]
-    md += [f"Where the CPU goes (CPU seconds per GB delivered; cores busy out of {os.cpu_count()}):", ""]
-    md += cpu_table(r) + [""]
+    md += [*latency_table(r), "", *stream_table(r, top), "", *accel_table(r, top), ""]
+    md += [f"Where the CPU goes (CPU seconds per GB delivered; cores busy out of "
+           f"{os.cpu_count()}):", ""]
+    md += [*cpu_table(r), ""]
     md.append("RSS idle (after warm-up): " + ", ".join(
         f"{name} {size / 1e6:.0f} MB" for name, size in r.rss_idle.items()) + ".")
     return "\n".join(md)
@@ -546,7 +557,8 @@ def plot(path: Path, r: Results) -> None:
 
 def ingest_study(tmp_path: Path, settings: Settings, args: argparse.Namespace) -> InstanceIndex:
     print(f"generating {args.frames} frames {args.rows}x{args.columns} ...", flush=True)
-    inst = write_tomosynthesis(tmp_path / "tomo.dcm", frames=args.frames, rows=args.rows, columns=args.columns)
+    inst = write_tomosynthesis(tmp_path / "tomo.dcm", frames=args.frames, rows=args.rows,
+                               columns=args.columns)
     from framecdn.ingest.pipeline import ingest_file  # the bench sees both sides
 
     index = ingest_file(inst.path, settings)
@@ -564,13 +576,15 @@ def run(args: argparse.Namespace, binary: str, tmp_path: Path) -> Results:
         frames = Frames(index, args.frames)
         store_pid = store._process.pid  # the weed process the bench started
         layout = KeyLayout(settings.prefix)
-        presigner = Presigner(store.endpoint, store.bucket, resolve_credentials(settings), "us-east-1", 3600)
+        presigner = Presigner(store.endpoint, store.bucket, resolve_credentials(settings),
+                              "us-east-1", 3600)
         direct_urls = [presigner.url(layout.frame(index.key, n)) for n in range(1, args.frames + 1)]
         origins = {}
         for mode in ("stream", "redirect", "accel"):
             origins[mode] = start_origin(store, settings, mode, tmp_path / f"origin-{mode}.log")
             stack.callback(origins[mode].stop)
-        fleet = NginxFleet(binary, tmp_path, origins["accel"], settings.with_overrides(delivery="accel"))
+        fleet = NginxFleet(binary, tmp_path, origins["accel"],
+                           settings.with_overrides(delivery="accel"))
         warm = stack.enter_context(fleet.fresh("warm"))
         instance = f"studies/{frames.study}/series/{frames.series}/instances/{frames.sop}"
         fetcher = Fetcher()
@@ -611,17 +625,21 @@ def run(args: argparse.Namespace, binary: str, tmp_path: Path) -> Results:
             print(f"throughput, {clients} clients ...", flush=True)
             runs.append({
                 "direct": throughput(direct, args.frames, clients, store_pid),
-                "stream": throughput(via_stream, args.frames, clients, store_pid, {"origin": stream_pid}),
+                "stream": throughput(via_stream, args.frames, clients, store_pid,
+                                     {"origin": stream_pid}),
                 "accel warm": throughput(via_warm, args.frames, clients, store_pid,
                                          {"origin": accel_pid, "nginx": warm.process.pid}),
-                "accel cold": cold_throughput(fleet, fetcher, frames, clients, store_pid, accel_pid),
+                "accel cold": cold_throughput(fleet, fetcher, frames, clients, store_pid,
+                                              accel_pid),
             })
     return Results(args.frames, index.frames[0].size / 1e6, args.rows, args.columns, lat_direct,
                    lat_stream, lat_redirect, lat_cold, lat_warm, runs, rss_idle)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--rows", type=int, default=2457)
     parser.add_argument("--columns", type=int, default=1890)
@@ -641,9 +659,10 @@ def main() -> int:
     print()
     print(f"date: {started.isoformat(timespec='seconds')} (start), "
           f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    nginx_version = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
     print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
           f"{platform.platform()}, Python {platform.python_version()}, "
-          f"{subprocess.run([binary, '-v'], capture_output=True, text=True, check=False).stderr.strip()}")
+          f"{nginx_version.stderr.strip()}")
     plot(Path(args.plot), results)
     print(f"plot: {args.plot}")
     return 0

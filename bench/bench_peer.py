@@ -60,12 +60,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parent.parent
-for path in (ROOT, ROOT / "bench"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))  # tests.*_fixtures and bench_origin: shared harnesses
-
+import repo_root  # noqa: F401 - its import puts the repository root on sys.path (tests.*)
 from bench_origin import Fetcher, Origin, percentile, start_origin
 
 from framecdn.embedded_s3 import EmbeddedS3
@@ -335,10 +330,10 @@ def report(results: list[Result], args: argparse.Namespace, size_mb: float) -> N
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for result in results:
-        one = percentile(result.one_frame, 50)
+        one, p90 = percentile(result.one_frame, 50), percentile(result.one_frame, 90)
         cold, warm = result.scroll["cold"], result.scroll["warm"]
         print(
-            f"| {result.name} | {one * 1e3:.1f} ms | {percentile(result.one_frame, 90) * 1e3:.1f} ms"
+            f"| {result.name} | {one * 1e3:.1f} ms | {p90 * 1e3:.1f} ms"
             f" | {ref_one / one:.1f} | {cold:.2f} s | {reference.scroll['cold'] / cold:.1f}"
             f" | {warm:.2f} s | {reference.scroll['warm'] / warm:.1f} | {megabytes / warm:.0f} |"
         )

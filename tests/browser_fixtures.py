@@ -148,7 +148,9 @@ def unpack_ohif() -> Path:
         algorithm, expected = pin["integrity"].split("-", 1)
         actual = base64.b64encode(hashlib.new(algorithm, tarball.read_bytes()).digest()).decode()
         if actual != expected:
-            raise BrowserUnavailable(f"{spec}: integrity {algorithm}-{actual} is not the pinned one")
+            raise BrowserUnavailable(
+                f"{spec}: integrity {algorithm}-{actual} is not the pinned one"
+            )
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         with tarfile.open(tarball) as archive:
@@ -381,10 +383,8 @@ def _kill_tree(process: subprocess.Popen[bytes], descendants: list[psutil.Proces
     before anything is signalled (an orphan would be reparented and lost)."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
     for proc in [*descendants, psutil.Process(process.pid) if process.poll() is None else None]:
         if proc is None:
             continue
@@ -544,5 +544,8 @@ def serve_framecdn(
     binary = nginx_binary_or_none()
     if binary is None:
         raise BrowserUnavailable("nginx not found (apt-get install nginx) for the accel mode")
-    with run_origin(settings) as origin, run_nginx(binary, directory, origin.base, settings) as nginx:
+    with (
+        run_origin(settings) as origin,
+        run_nginx(binary, directory, origin.base, settings) as nginx,
+    ):
         yield ServedFramecdn(nginx.root, origin.base)

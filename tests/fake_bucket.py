@@ -12,7 +12,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from framecdn.errors import ObjectMissing, StoreError
@@ -25,7 +25,7 @@ class FakeObject:
     body: bytes
     content_type: str
     tags: dict[str, str] = field(default_factory=dict)
-    last_modified: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    last_modified: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class FakeBucket:
@@ -119,7 +119,7 @@ class FakeBucket:
 
     def copy_in_place(self, key: str) -> None:
         self._enter("copy", key)
-        self._object(key).last_modified = datetime.now(timezone.utc)
+        self._object(key).last_modified = datetime.now(UTC)
 
     def tags(self, key: str) -> dict[str, str]:
         self._enter("tags", key)

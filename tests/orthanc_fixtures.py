@@ -15,6 +15,7 @@ Nothing here depends on pytest: the peer bench uses the same server.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -366,8 +367,6 @@ class _Connection:
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()

@@ -22,7 +22,6 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +148,7 @@ def decoded(
     cases: list[Case],
     module_settings: Settings,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[DecodeRun]:
+) -> DecodeRun:
     """One page load per (delivery mode, Accept) decoding every case's frames."""
     mode, accept = request.param
     work = tmp_path_factory.mktemp(f"cornerstone-{mode}")
@@ -174,7 +173,7 @@ def decoded(
     run.raise_for_error()
     result = run.step_value(1)
     assert result["ok"], f"the page failed: {result['error']}\n{run.transcript()}"
-    yield DecodeRun(run, served.root, accept, mode, metrics)
+    return DecodeRun(run, served.root, accept, mode, metrics)
 
 
 def browser_pixels(image: dict) -> np.ndarray:

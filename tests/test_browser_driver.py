@@ -47,7 +47,8 @@ def test_failures_in_the_page_reach_the_test(browser_toolchain: Toolchain, tmp_p
         )
     run.raise_for_error()
     results = run.step_value(0)
-    assert results["simple"].startswith("TypeError") and results["preflighted"].startswith("TypeError")
+    assert results["simple"].startswith("TypeError")
+    assert results["preflighted"].startswith("TypeError")
     assert results["missing"] == 404
     to_other = run.to(no_cors)
     simple = [x for x in to_other if x.method == "GET"]

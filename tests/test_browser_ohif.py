@@ -28,7 +28,6 @@ import os
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +88,9 @@ def module_settings(s3_store: EmbeddedS3) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def studies(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Expected]:
+def studies(
+    module_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Expected]:
     """One study per case, each with one instance."""
     folder = tmp_path_factory.mktemp("ohif-data")
     tomo = folder / "tomo.dcm"
@@ -171,10 +172,10 @@ def viewer(
     studies: dict[str, Expected],
     screenshot_path: Path,
     tmp_path: Path,
-) -> Iterator[ViewerRun]:
+) -> ViewerRun:
     case, mode = request.param
-    yield open_in_ohif(browser_toolchain, ohif_dist, module_settings, mode, studies[case],
-                       tmp_path, screenshot_path)
+    return open_in_ohif(browser_toolchain, ohif_dist, module_settings, mode, studies[case],
+                        tmp_path, screenshot_path)
 
 
 def check_viewer(run: ViewerRun) -> None:

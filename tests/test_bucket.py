@@ -88,7 +88,9 @@ def test_a_closed_port_is_a_store_error_naming_the_endpoint(settings):
 
 
 def test_missing_credentials_are_a_store_error_naming_the_variables(settings, no_credentials):
-    anonymous = Bucket.from_settings(Settings(s3_endpoint=settings.s3_endpoint, bucket="some-bucket"))
+    anonymous = Bucket.from_settings(
+        Settings(s3_endpoint=settings.s3_endpoint, bucket="some-bucket")
+    )
     with pytest.raises(StoreError) as caught:
         anonymous.check()
     text = one_line(caught.value)

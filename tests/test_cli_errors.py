@@ -127,7 +127,7 @@ def test_serve_with_a_wrong_secret_or_bucket_says_so_at_start(s3_store, tmp_path
         port = free_port()
         with running([sys.executable, "-m", "framecdn", "serve", "--port", str(port)],
                      env=env) as process:
-            out, err = process.communicate(timeout=60)
+            _out, err = process.communicate(timeout=60)
         assert process.returncode == 1, err
         assert err.strip().count("\n") == 0 and err.startswith("framecdn serve: "), err
         assert all(words in err for words in FAULTS[fault]), err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -104,7 +104,9 @@ def test_counts_are_plural_only_when_not_one():
 
 def test_summaries_say_1_instance_not_1_instances():
     report = IngestReport([IngestResult("a.dcm", "ingested", frames=1, bytes=10)], seconds=1)
-    assert summary(report).startswith("1 instance ingested, 0 metadata-only, 0 unchanged, 0 failed; 1 frame,")
+    assert summary(report).startswith(
+        "1 instance ingested, 0 metadata-only, 0 unchanged, 0 failed; 1 frame,"
+    )
     key = InstanceKey("1.2", "1.2.3", "1.2.3.4")
     evicted = eviction_summary(EvictionReport([key], objects=1, bytes=1))
     assert evicted == "removed 1 instance of 1 study: 1 object, 1 byte"
@@ -115,7 +117,7 @@ def test_summaries_say_1_instance_not_1_instances():
 def test_lifecycle_apply_with_a_past_date_needs_yes(own_bucket, monkeypatch, s3_store, capsys):
     flags = ["--bucket", own_bucket.bucket, "--prefix", "clinic-y"]
     store = Bucket.from_settings(own_bucket)
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     for when in (today, today - timedelta(days=3)):
         argv = ["lifecycle", "apply", "--date", when.isoformat(), *flags]
         assert run_cli(argv, monkeypatch, s3_store) == 2

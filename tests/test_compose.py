@@ -56,7 +56,9 @@ def environment(service: dict) -> dict[str, str]:
 
 def plain(value: str) -> str:
     """A compose value with ``${VAR:-default}`` replaced by its default."""
-    return INTERPOLATION.sub(lambda m: m.group(0).split(":-", 1)[1][:-1] if ":-" in m.group(0) else "", value)
+    return INTERPOLATION.sub(
+        lambda m: m.group(0).split(":-", 1)[1][:-1] if ":-" in m.group(0) else "", value
+    )
 
 
 def test_the_expected_services_exist(services: dict) -> None:
@@ -109,7 +111,7 @@ def test_nginx_template_is_mounted_and_every_placeholder_is_set(services: dict) 
 
 
 def test_ports_hosts_and_paths_agree(services: dict) -> None:
-    origin, nginx, s3 = (environment(services[n]) for n in ("origin", "nginx", "s3"))
+    origin, nginx, _s3 = (environment(services[n]) for n in ("origin", "nginx", "s3"))
     origin_port = origin.get("FRAMECDN_PORT", "8080")
     assert nginx["NGINX_ORIGIN"] == f"origin:{origin_port}"
     assert origin_port in [str(p) for p in services["origin"].get("expose", [])]
@@ -170,9 +172,8 @@ def test_seaweedfs_flags_exist_and_identity_file_is_valid(tmp_path: Path) -> Non
     script = services_of()["s3"]["command"][0].replace("$$", "$")
     prelude, _, weed_line = script.partition("exec weed ")
     subcommand, *flags = shlex.split(weed_line)
-    help_text = subprocess.run(
-        [weed_binary(), subcommand, "-h"], capture_output=True, text=True
-    ).stdout + subprocess.run([weed_binary(), subcommand, "-h"], capture_output=True, text=True).stderr
+    shown = subprocess.run([weed_binary(), subcommand, "-h"], capture_output=True, text=True)
+    help_text = shown.stdout + shown.stderr
     known = set(re.findall(r"^\s+-([\w.]+)", help_text, re.M))
     for flag in flags:
         assert flag.lstrip("-").split("=")[0] in known, f"weed {subcommand} has no {flag}"
@@ -181,7 +182,11 @@ def test_seaweedfs_flags_exist_and_identity_file_is_valid(tmp_path: Path) -> Non
     secret = 'se"cr\\et/+' + uuid.uuid4().hex[:6]  # quotes and backslashes stay valid JSON
     subprocess.run(
         ["sh", "-c", prelude.replace(config_path, str(target))],
-        env={"PATH": os.environ["PATH"], "AWS_ACCESS_KEY_ID": "KEY", "AWS_SECRET_ACCESS_KEY": secret},
+        env={
+            "PATH": os.environ["PATH"],
+            "AWS_ACCESS_KEY_ID": "KEY",
+            "AWS_SECRET_ACCESS_KEY": secret,
+        },
         check=True,
     )
     try:

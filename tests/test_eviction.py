@@ -7,7 +7,7 @@ import pytest
 from framecdn.cli.eviction import eviction_summary
 from framecdn.errors import UsageError
 from framecdn.framestore.access import encode_marker
-from framecdn.framestore.keys import KeyLayout
+from framecdn.framestore.keys import InvalidUID, KeyLayout
 from framecdn.framestore.retention import RETENTION_TAG
 from framecdn.ingest.pipeline import ingest_file
 from framecdn.maintenance.eviction import NothingStored, evict
@@ -94,7 +94,7 @@ def test_evict_of_nothing_says_so(s3_client, bucket, settings):
         evict(bucket, KeyLayout(settings.prefix), study="1.2.3.4")
     with pytest.raises(UsageError):
         evict(bucket, KeyLayout(settings.prefix))
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidUID):
         evict(bucket, KeyLayout(settings.prefix), study="../etc")
 
 

@@ -298,7 +298,7 @@ def test_interrupted_ingest_is_invisible_and_a_rerun_completes(
         assert keys == []  # a clean interrupt removes what it wrote
 
     with _cli(settings, "ingest", "--no-progress", str(generated.path)) as rerun:
-        out, err = rerun.communicate(timeout=120)
+        _out, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
     index = InstanceIndex.from_json(_get(s3_client, settings, layout.index(key)))
     assert index.number_of_frames == 40

@@ -48,11 +48,11 @@ def test_rules_are_exactly_prefix_and_tag_scoped():
 
 
 def test_policy_refuses_nonsense():
-    with pytest.raises(ValueError):
+    with pytest.raises(lifecycle.InvalidPolicy):
         lifecycle.Policy(days=None, date=None)
-    with pytest.raises(ValueError):
+    with pytest.raises(lifecycle.InvalidPolicy):
         lifecycle.Policy(days=7, large_bytes=1000, large_days=7)  # tier must be sooner
-    with pytest.raises(ValueError):
+    with pytest.raises(lifecycle.InvalidPolicy):
         lifecycle.Policy(days=7, large_bytes=1000)
 
 

@@ -8,7 +8,7 @@ test_sweeper.py, test_eviction.py and test_stats.py.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -115,7 +115,7 @@ def test_a_failing_marker_read_stops_the_sweep_before_any_eviction(fake):
 
 def test_an_object_gone_since_the_listing_is_vanished_not_an_error():
     instance = InstanceInventory(InstanceKey("1.2", "1.2.3", "1.2.3.4"))
-    instance.index_object = StoredObject("gone", 1, datetime.now(timezone.utc))
+    instance.index_object = StoredObject("gone", 1, datetime.now(UTC))
     instance.objects.append(instance.index_object)
     read_details(FakeBucket(), instance)
     assert instance.vanished and instance.read_error is None and not instance.cached
@@ -214,8 +214,8 @@ def test_expiry_and_show_read_filters_the_same_way():
 
     rule = {"ID": "x", "Status": "Enabled", "Expiration": {"Days": 1},
             "Filter": {"Tag": {"Key": RETENTION_TAG, "Value": CACHE}}}
-    obj = StoredObject("p/studies/1/x", 5, datetime(2026, 1, 1, 12, tzinfo=timezone.utc))
-    assert expires_at(obj, CACHE, [rule]) == datetime(2026, 1, 3, tzinfo=timezone.utc)
+    obj = StoredObject("p/studies/1/x", 5, datetime(2026, 1, 1, 12, tzinfo=UTC))
+    assert expires_at(obj, CACHE, [rule]) == datetime(2026, 1, 3, tzinfo=UTC)
     assert expires_at(obj, PINNED, [rule]) is None
     assert "ALL objects in the bucket tagged framecdn-retention=cache" in describe(rule)
     other_tag = {**rule, "Filter": {"Tag": {"Key": "team", "Value": "x"}}}

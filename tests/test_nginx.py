@@ -52,7 +52,9 @@ def nginx_binary() -> str:
     """The nginx to run; skip without one, but fail under CI (a missing server is a fault)."""
     found = nginx_binary_or_none()
     if found is None:
-        reason = "nginx binary not found at /usr/sbin/nginx or on PATH (apt-get install nginx-light)"
+        reason = (
+            "nginx binary not found at /usr/sbin/nginx or on PATH (apt-get install nginx-light)"
+        )
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
         pytest.skip(reason)
@@ -254,7 +256,9 @@ def test_each_accept_is_its_own_cache_entry(
         assert again_single.content == instance.frames[0]
 
 
-def test_frame_list_through_nginx(http: httpx.Client, stream_nginx: RunningNginx, instance: Expected) -> None:
+def test_frame_list_through_nginx(
+    http: httpx.Client, stream_nginx: RunningNginx, instance: Expected
+) -> None:
     response = http.get(stream_nginx.frames_url(instance, "4%2C1"), headers={"Accept": OHIF_ACCEPT})
     assert response.status_code == 200
     parts = multipart_parts(response.headers["content-type"], response.content)

@@ -51,13 +51,17 @@ def test_serve_stops_on_a_signal_even_with_sigint_ignored(s3_store, settings, st
         process.send_signal(stop)
         process.communicate(timeout=30)
         assert process.returncode == 0
-        gone, alive = psutil.wait_procs(children, timeout=10)
+        _gone, alive = psutil.wait_procs(children, timeout=10)
         assert alive == []
 
 
 def test_serve_passes_flags_to_its_workers_but_never_secrets() -> None:
     settings = Settings(
-        bucket="clinic-bucket", prefix="clinic", port=9000, aws_access_key_id="AKIA", aws_secret_access_key="s"
+        bucket="clinic-bucket",
+        prefix="clinic",
+        port=9000,
+        aws_access_key_id="AKIA",
+        aws_secret_access_key="s",
     )
     environ: dict[str, str] = {}
     export_settings(settings, environ)

@@ -82,7 +82,9 @@ def pydicom_frames(path: str | Path) -> list[bytes]:
         extended = None
         if "ExtendedOffsetTable" in ds:
             extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-        return list(generate_frames(ds.PixelData, number_of_frames=count, extended_offsets=extended))
+        return list(
+            generate_frames(ds.PixelData, number_of_frames=count, extended_offsets=extended)
+        )
     if ds.BitsAllocated == 1:
         pixels = ds.pixel_array.reshape(count, -1)
         return [np.packbits(frame, bitorder="little").tobytes() for frame in pixels]
@@ -197,7 +199,7 @@ def jpeg_frames() -> list[bytes]:
     """Eight real JPEG baseline codestreams (odd and even lengths)."""
     ds = pydicom.dcmread(get_testdata_file("color3d_jpeg_baseline.dcm"))
     frames = generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames))
-    return [frame.rstrip(b"\x00") for _, frame in zip(range(8), frames)]
+    return [frame.rstrip(b"\x00") for _, frame in zip(range(8), frames, strict=False)]
 
 
 @pytest.fixture(scope="module")
@@ -298,12 +300,16 @@ def test_rle_several_fragments_per_frame_is_refused(tmp_path: Path) -> None:
 
 
 def test_fewer_codestreams_than_number_of_frames(tmp_path: Path, jpeg_frames) -> None:
-    for layout in (dict(basic_offset_table=False), dict(basic_offset_table=False, fragments_per_frame=3), dict()):
+    for layout in (
+        dict(basic_offset_table=False),
+        dict(basic_offset_table=False, fragments_per_frame=3),
+        dict(),
+    ):
         made = write_encapsulated(
             tmp_path / "e.dcm", jpeg_frames, transfer_syntax_uid=JPEG_BASELINE,
             rows=100, columns=100, number_of_frames=len(jpeg_frames) + 2, **layout,
         )
-        with pytest.raises(InvalidInstance, match="fewer|NumberOfFrames"):
+        with pytest.raises(InvalidInstance, match=r"fewer|NumberOfFrames"):
             split(made.path)
 
 
@@ -443,7 +449,9 @@ class _Pipe(io.RawIOBase):
         return len(chunk)
 
 
-@pytest.mark.parametrize("name", ["emri_small_jpeg_2k_lossless.dcm", "emri_small_big_endian.dcm", "image_dfl.dcm"])
+@pytest.mark.parametrize(
+    "name", ["emri_small_jpeg_2k_lossless.dcm", "emri_small_big_endian.dcm", "image_dfl.dcm"]
+)
 def test_non_seekable_stream_is_spooled_and_cleaned_up(tmp_path: Path, name: str) -> None:
     path = get_testdata_file(name)
     spool = tmp_path / "spool"
@@ -501,7 +509,8 @@ def test_peak_memory_does_not_grow_with_instance_size(tmp_path: Path) -> None:
     rss_small = _peak_rss_mb(small.path, tmp_path)
     rss_big = _peak_rss_mb(big.path, tmp_path)
     rss_stream = _peak_rss_mb(big.path, tmp_path, stdin=True)
-    print(f"peak RSS: 10 frames {rss_small} MB, 40 frames {rss_big} MB, 40 frames piped {rss_stream} MB")
+    print(f"peak RSS: 10 frames {rss_small} MB, 40 frames {rss_big} MB, "
+          f"40 frames piped {rss_stream} MB")
     assert rss_big < 200 and rss_stream < 200
     assert rss_big - rss_small < 30
     assert rss_stream - rss_small < 30

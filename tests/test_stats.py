@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from framecdn.cli.stats import render
 from framecdn.framestore.bucket import Bucket, StoredObject
@@ -44,7 +44,7 @@ def test_stats_counts_ages_pinned_and_expiry(s3_client, own_bucket, tmp_path):
     policy = lifecycle.Policy(days=30, large_bytes=5000, large_days=7)
     lifecycle.apply(store, layout, policy)
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     [found] = stats.collect(store, layout, now=now)
 
     assert (found.studies, found.instances, found.objects) == (2, 2, 5 + 4)
@@ -80,15 +80,15 @@ def test_expires_at_follows_aws_rounding_and_filters():
     obj = StoredObject(
         "p/studies/1/series/2/instances/3/frames/1",
         5000,
-        datetime(2026, 1, 10, 15, 30, tzinfo=timezone.utc),
+        datetime(2026, 1, 10, 15, 30, tzinfo=UTC),
     )
     rules = lifecycle.build_rules(
         KeyLayout("p"), lifecycle.Policy(days=30, large_bytes=4000, large_days=7)
     )
-    assert expires_at(obj, "cache", rules) == datetime(2026, 1, 18, tzinfo=timezone.utc)
+    assert expires_at(obj, "cache", rules) == datetime(2026, 1, 18, tzinfo=UTC)
     assert expires_at(obj, "pinned", rules) is None
     small = StoredObject(obj.key, 10, obj.last_modified)
-    assert expires_at(small, "cache", rules) == datetime(2026, 2, 10, tzinfo=timezone.utc)
+    assert expires_at(small, "cache", rules) == datetime(2026, 2, 10, tzinfo=UTC)
     elsewhere = StoredObject("q/" + obj.key[2:], 10, obj.last_modified)
     assert expires_at(elsewhere, "cache", rules) is None
 

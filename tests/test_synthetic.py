@@ -49,7 +49,9 @@ def test_tomosynthesis_header(tmp_path: Path) -> None:
     assert ds.SOPClassUID == BREAST_TOMOSYNTHESIS_IMAGE_STORAGE
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID == "1.2.3.4.5"
     assert (ds.StudyInstanceUID, ds.SeriesInstanceUID) == ("1.2.3", "1.2.3.4")
-    assert (ds.PhotometricInterpretation, ds.NumberOfFrames, ds.Modality) == ("MONOCHROME2", 2, "MG")
+    assert (ds.PhotometricInterpretation, ds.NumberOfFrames, ds.Modality) == (
+        "MONOCHROME2", 2, "MG"
+    )
     assert str(ds.PatientName)
     with pytest.raises(IndexError):
         made.frame(3)
@@ -65,7 +67,12 @@ def test_same_seed_same_frames_other_seed_other_frames(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "layout",
-    [dict(), dict(basic_offset_table=False), dict(fragments_per_frame=3), dict(extended_offset_table=True)],
+    [
+        dict(),
+        dict(basic_offset_table=False),
+        dict(fragments_per_frame=3),
+        dict(extended_offset_table=True),
+    ],
 )
 def test_encapsulated_readable_by_pydicom(tmp_path: Path, layout: dict) -> None:
     codestreams = [b"\xff\xd8" + bytes([n]) * (20 + n) + b"\xff\xd9" for n in range(1, 5)]

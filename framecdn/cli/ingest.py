@@ -56,7 +56,8 @@ def summary(report: IngestReport) -> str:
     rate = report.bytes / 1e6 / report.seconds if report.seconds > 0 else 0.0
     return (
         f"{count(report.count('ingested'), 'instance')} ingested, "
-        f"{report.count('metadata-only')} metadata-only, {report.count('skipped')} unchanged, {report.count('failed')} failed; "
+        f"{report.count('metadata-only')} metadata-only, {report.count('skipped')} unchanged, "
+        f"{report.count('failed')} failed; "
         f"{count(report.frames, 'frame')}, {report.bytes / 1e6:.1f} MB "
         f"in {report.seconds:.1f} s ({rate:.1f} MB/s)"
     )

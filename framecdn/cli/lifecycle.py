@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from framecdn.cli import add_storage_flags, settings_from_args
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     when.add_argument(
         "--date",
         type=date.fromisoformat,
-        help="cached objects expire on this date (YYYY-MM-DD, midnight timezone.utc): a one-off "
+        help="cached objects expire on this date (YYYY-MM-DD, midnight UTC): a one-off "
         "purge; a date that is not in the future needs --yes",
     )
     apply_parser.add_argument(
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _policy(args: argparse.Namespace) -> lifecycle.Policy:
     if args.date is not None:
-        today = datetime.now(timezone.utc).date()
+        today = datetime.now(UTC).date()
         if args.date <= today:
             warning = (
                 f"--date {args.date} is not in the future: every cached object under the "

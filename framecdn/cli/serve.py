@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 from collections.abc import MutableMapping
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     Bucket.from_settings(settings).check()  # a wrong secret or bucket: say so now, exit 1
     AccessControl(settings)  # an unreadable API keys or JWKS file: say so now, not per worker
     export_settings(settings, os.environ)
-    try:
+    # uvicorn shuts down on the signal, then re-raises it for us: a clean stop.
+    with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(
             APP_FACTORY,
             factory=True,
@@ -80,6 +82,4 @@ def run(args: argparse.Namespace) -> int:
             proxy_headers=True,
             timeout_keep_alive=30,
         )
-    except KeyboardInterrupt:
-        pass  # uvicorn shut down on the signal, then re-raised it for us: a clean stop
     return 0

@@ -151,7 +151,8 @@ class Bucket:
         """The whole (small) object; ObjectMissing if there is no such key."""
 
         def read() -> bytes:
-            return self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
+            body: bytes = self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
+            return body
 
         return self._call(f"GET {key}", read, key)
 

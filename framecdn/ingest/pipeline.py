@@ -9,6 +9,7 @@ in memory, so memory does not grow with instance size.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -18,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -213,9 +214,13 @@ class Ingestor:
                 str(dataset.SOPInstanceUID),
             )
             stored = self.stored_index(key)
-            if stored is not None and not self.force and fingerprint:
-                if stored.source.fingerprint == fingerprint:
-                    return stored, True
+            if (
+                stored is not None
+                and not self.force
+                and fingerprint
+                and stored.source.fingerprint == fingerprint
+            ):
+                return stored, True
             if stored is not None:
                 log.warning("%s: replacing stored instance %s", label, key.instance)
                 self.bucket.delete([self.layout.index(key)])
@@ -267,7 +272,7 @@ class Ingestor:
             metadata_size=len(body),
             metadata_sha256=hashlib.sha256(body).hexdigest(),
             source=source,
-            ingested_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
             ingest_id=uuid.uuid4().hex,
         )
         # The commit marker: only now does the instance become visible.
@@ -352,10 +357,8 @@ class Ingestor:
 def _wait_all(futures: Iterable[Future]) -> None:
     for future in futures:
         if not future.cancelled():
-            try:
+            with contextlib.suppress(BaseException):  # we only wait here
                 future.exception()
-            except BaseException:  # noqa: BLE001 - we only wait here
-                pass
 
 
 def _since(started: float) -> float:

@@ -8,7 +8,7 @@ tag is known per instance, so a rule that needs any other tag is taken not to ma
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from framecdn.framestore.bucket import StoredObject
@@ -17,8 +17,8 @@ from framecdn.maintenance.lifecycle import RuleFilter
 
 
 def next_midnight(moment: datetime) -> datetime:
-    """``moment`` if it is midnight timezone.utc, else the next midnight UTC."""
-    day = moment.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    """``moment`` if it is midnight UTC, else the next midnight UTC."""
+    day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return day if day == moment else day + timedelta(days=1)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from framecdn.errors import StoreError, UsageError
@@ -97,7 +97,7 @@ class Policy:
     """What ``framecdn lifecycle apply`` asks for.
 
     ``days`` or ``date`` sets when cache-tagged objects expire (a ``date`` is for
-    a one-off purge and for tests; AWS wants it at midnight timezone.utc). ``large_bytes``
+    a one-off purge and for tests; AWS wants it at midnight UTC). ``large_bytes``
     with ``large_days`` adds a tier: objects bigger than that expire sooner. The
     tier only ever matches frames (metadata and index are small), so an instance's
     index outlives its frames, never the other way round.
@@ -127,7 +127,7 @@ class Policy:
 
 def _expiration(days: int | None, when: date | None) -> dict[str, Any]:
     if when is not None:
-        return {"Date": datetime.combine(when, time(0, 0), tzinfo=timezone.utc)}
+        return {"Date": datetime.combine(when, time(0, 0), tzinfo=UTC)}
     return {"Days": days}
 
 
@@ -179,7 +179,7 @@ def _canonical(rule: Any) -> Any:
     if isinstance(rule, list):
         return tuple(_canonical(v) for v in rule)
     if isinstance(rule, datetime):
-        return rule.astimezone(timezone.utc).isoformat()
+        return rule.astimezone(UTC).isoformat()
     return rule
 
 

@@ -7,7 +7,7 @@ The CLI turns a :class:`PrefixStats` into text (``framecdn.cli.stats``) or JSON
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from framecdn.framestore.bucket import Bucket
@@ -66,7 +66,7 @@ def _age_dict(age: StudyAge | None) -> dict[str, str] | None:
 def summarize(
     inventory: PrefixInventory, rules: list[Rule], *, now: datetime | None = None
 ) -> PrefixStats:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     studies = sorted(inventory.studies.values(), key=lambda s: (s.written, s.study))
     expiring_bytes = dict.fromkeys(FORECAST_DAYS, 0)
     expiring_objects = dict.fromkeys(FORECAST_DAYS, 0)

@@ -90,7 +90,7 @@ def unknown_uid(uid: str) -> str:
 
 
 def delete_frame_object(settings: Settings, inst: Expected, number: int) -> None:
-    key = KeyLayout(settings.prefix).frame(inst.index.key, number)
+    key = KeyLayout(settings.prefix).frame_of(inst.index, number)
     make_client(settings).delete_object(Bucket=settings.bucket, Key=key)
 
 
@@ -396,7 +396,7 @@ def test_origin_errors_pass_through_unchanged(
 def test_internal_accel_location_is_not_reachable_from_outside(
     http: httpx.Client, stream_nginx: RunningNginx, module_settings: Settings, instance: Expected
 ) -> None:
-    key = KeyLayout(module_settings.prefix).frame(instance.index.key, 1)
+    key = KeyLayout(module_settings.prefix).frame_of(instance.index, 1)
     response = http.get(f"{stream_nginx.base}/_framecdn_s3/{module_settings.bucket}/{key}")
     assert response.status_code == 404
     assert response.content != instance.frames[0]

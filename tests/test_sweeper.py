@@ -104,7 +104,7 @@ def test_least_recently_accessed_go_first_and_pinned_stay(s3_client, bucket, set
 def test_half_evicted_instances_and_dead_ingests_are_cleaned(s3_client, bucket, settings, studies):
     layout = KeyLayout(settings.prefix)
     half = studies["A"].key
-    s3_client.delete_object(Bucket=settings.bucket, Key=layout.frame(half, 2))
+    s3_client.delete_object(Bucket=settings.bucket, Key=layout.frame_of(studies["A"], 2))
     dead = studies["B"].key
     s3_client.delete_object(Bucket=settings.bucket, Key=layout.index(dead))
     running = studies["C"].key
@@ -151,7 +151,7 @@ def test_refresh_is_refused_on_seaweedfs_unless_forced(s3_client, bucket, settin
         assert head["LastModified"] > before[key]
         tags = s3_client.get_object_tagging(Bucket=settings.bucket, Key=key)["TagSet"]
         assert {"Key": RETENTION_TAG, "Value": "cache"} in tags
-    frame = s3_client.head_object(Bucket=settings.bucket, Key=layout.frame(studies["A"].key, 1))
+    frame = s3_client.head_object(Bucket=settings.bucket, Key=layout.frame_of(studies["A"], 1))
     assert frame["ContentType"].startswith(studies["A"].media_type)
 
 

@@ -259,6 +259,21 @@ def test_frame_list_through_nginx(http: httpx.Client, stream_nginx: RunningNginx
     assert all(h["Content-Location"].startswith(stream_nginx.base) for h, _ in parts)
 
 
+def test_huge_request_heads_stop_at_nginx(
+    http: httpx.Client, stream_nginx: RunningNginx, instance: Expected
+) -> None:
+    """nginx's header limit sits below the origin's: a huge header never reaches it."""
+    url = stream_nginx.frames_url(instance, "1")
+    fits = http.get(url, headers={"Accept": SINGLE, "X-Padding": "p" * 12000})
+    assert fits.status_code == 200 and fits.content == instance.frames[0]
+    too_long_a_line = http.get(url, headers={"Accept": SINGLE, "X-Padding": "p" * 20000})
+    assert too_long_a_line.status_code == 400  # nginx's own refusal, not the origin's 431
+    assert "Too Large" in too_long_a_line.text
+    padding = {f"X-Padding-{n}": "p" * 15000 for n in range(4)}  # each line fits, not all
+    too_many = http.get(url, headers={"Accept": SINGLE, **padding})
+    assert too_many.status_code == 400 and "Too Large" in too_many.text
+
+
 def test_concurrent_cold_requests_make_one_origin_fetch(
     stream_nginx: RunningNginx, instance: Expected
 ) -> None:

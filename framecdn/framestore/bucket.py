@@ -226,6 +226,23 @@ class Bucket:
 
         return self._call(f"GET {key}", read, key)
 
+    def chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The object's bytes, read in chunks (a large frame is never whole in memory);
+        ObjectMissing if there is no such key, StoreError if reading fails midway."""
+        what = f"GET {key}"
+        body = self._call(
+            what, lambda: self.client.get_object(Bucket=self.name, Key=key)["Body"], key
+        )
+        try:
+            pieces = body.iter_chunks(chunk_size)
+            while True:
+                chunk = self._call(what, lambda: next(pieces, None), key)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            body.close()
+
     def get_or_none(self, key: str) -> bytes | None:
         """The object, or None when (and only when) the store says there is no such key."""
         try:

@@ -33,8 +33,10 @@ def own_store(data_dir: Path, bucket: str = "faults") -> Iterator[EmbeddedS3]:
 class CuttingProxy:
     """A TCP proxy to ``target`` that can cut the next response after some bytes.
 
-    :meth:`cut_after` arms it: the next connection whose response passes ``after``
-    bytes is closed right there (both sides), once. Everything else is forwarded as is.
+    :meth:`cut_after` arms it: the next response that passes ``after`` bytes is cut
+    right there (both sides of its connection closed), once. A response's bytes are
+    counted from the last bytes its client sent (HTTP/1.1 without pipelining: the
+    request). Everything else is forwarded as is.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -90,28 +92,36 @@ class CuttingProxy:
                 continue
             with self._lock:
                 self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+            answered = [0]  # bytes of the current response on this connection
+            for source, sink, response in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, response, answered), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, response: bool) -> None:
-        sent = 0
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, response: bool, answered: list[int]
+    ) -> None:
         try:
             source.settimeout(None)
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                if response:
-                    with self._lock:
-                        limit = self._cut_after
-                    if limit is not None and sent + len(data) > limit:
-                        with self._lock:
-                            self._cut_after = None
-                            self.cuts += 1
-                        sink.sendall(data[: max(0, limit - sent)])
-                        break
+                if not response:
+                    answered[0] = 0  # a new request: its response starts now
+                    sink.sendall(data)
+                    continue
+                with self._lock:
+                    limit = self._cut_after
+                    cut = limit is not None and answered[0] + len(data) > limit
+                    if cut:
+                        self._cut_after = None
+                        self.cuts += 1
+                if cut and limit is not None:
+                    sink.sendall(data[: max(0, limit - answered[0])])
+                    break
                 sink.sendall(data)
-                sent += len(data)
+                answered[0] += len(data)
         except OSError:
             pass
         finally:

@@ -39,7 +39,9 @@ def make(path: Path, number: int, seed: int = 0) -> GeneratedInstance:
 
 
 @pytest.fixture
-def stored(settings: Settings, tmp_path: Path) -> dict[int, tuple[GeneratedInstance, InstanceIndex]]:
+def stored(
+    settings: Settings, tmp_path: Path
+) -> dict[int, tuple[GeneratedInstance, InstanceIndex]]:
     """Three instances of one study, ingested."""
     found = {}
     for number in (1, 2, 3):
@@ -48,7 +50,9 @@ def stored(settings: Settings, tmp_path: Path) -> dict[int, tuple[GeneratedInsta
     return found
 
 
-def cli(monkeypatch, s3_store: EmbeddedS3, settings: Settings, capsys, *args: str) -> tuple[int, str]:
+def cli(
+    monkeypatch, s3_store: EmbeddedS3, settings: Settings, capsys, *args: str
+) -> tuple[int, str]:
     monkeypatch.setenv("FRAMECDN_PREFIX", settings.prefix)
     code = run_cli(["verify", *args], monkeypatch, s3_store)
     return code, capsys.readouterr().out
@@ -83,7 +87,7 @@ def test_a_damaged_frame_is_found_and_repair_removes_the_instance_index_first(
     monkeypatch, s3_store, settings, capsys, s3_client, stored, damage, finding
 ):
     layout = KeyLayout(settings.prefix)
-    made, index = stored[2]
+    index = stored[2][1]
     key = layout.frame_of(index, 2)
     if damage == "delete":
         s3_client.delete_object(Bucket=settings.bucket, Key=key)
@@ -152,8 +156,9 @@ def test_stored_bytes_that_are_not_the_sources_are_found(
         monkeypatch, s3_store, settings, capsys, STUDY, "--source", str(other.path), "--repair"
     )
     assert code == 0, out
-    index = InstanceIndex.from_json(get(s3_client, settings, KeyLayout(settings.prefix).index(stored[2][1].key)))
-    assert get(s3_client, settings, KeyLayout(settings.prefix).frame_of(index, 1)) == other.frame(1)
+    layout = KeyLayout(settings.prefix)
+    index = InstanceIndex.from_json(get(s3_client, settings, layout.index(stored[2][1].key)))
+    assert get(s3_client, settings, layout.frame_of(index, 1)) == other.frame(1)
 
 
 def test_metadata_damage_and_an_invalid_index_are_found(
@@ -187,7 +192,8 @@ def test_a_dangling_index_is_found_and_removed(
     """An index whose frames and metadata are all gone (a half-done eviction)."""
     layout = KeyLayout(settings.prefix)
     index = stored[3][1]
-    for key in list_keys(s3_client, settings.bucket, layout.generation_prefix(index.key, index.generation)):
+    committed = layout.generation_prefix(index.key, index.generation)
+    for key in list_keys(s3_client, settings.bucket, committed):
         s3_client.delete_object(Bucket=settings.bucket, Key=key)
     code, out = cli(monkeypatch, s3_store, settings, capsys, STUDY)
     assert code == 1 and out.count(f"{STUDY}.1.3: ") == 4  # 3 frames and the metadata
@@ -215,7 +221,8 @@ def test_orphans_and_old_generations_wait_out_the_grace_then_go(
     time.sleep(1.1)  # Last-Modified has one-second resolution
     code, out = cli(monkeypatch, s3_store, settings, capsys, STUDY, "--grace", "0")
     assert code == 1
-    assert f"ORPHAN     {STUDY}/{STUDY}.1/{STUDY}.1.1: generation {orphan.generation}: 4 objects" in out
+    orphans = f"ORPHAN     {STUDY}/{STUDY}.1/{STUDY}.1.1: generation {orphan.generation}"
+    assert f"{orphans}: 4 objects" in out
     assert f"OLD        {STUDY}/{STUDY}.1/{STUDY}.1.2: generation {old}: 2 objects" in out
     code, out = cli(monkeypatch, s3_store, settings, capsys, STUDY, "--grace", "0", "--repair")
     assert code == 0, out
@@ -232,7 +239,7 @@ def test_repair_leaves_an_instance_alone_whose_index_changed_since_the_check(
     """verify on a live bucket: a replacement committed between check and repair wins."""
     bucket = Bucket.from_settings(settings)
     layout = KeyLayout(settings.prefix)
-    made, index = stored[2]
+    index = stored[2][1]
     s3_client.delete_object(Bucket=settings.bucket, Key=layout.frame_of(index, 1))
     report = verify(bucket, layout, study=STUDY)
     assert [f.kind for f in report.findings] == ["missing-frame"]

@@ -25,14 +25,18 @@ closed (its connection goes back to the pool or away).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import anyio
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
+from framecdn.origin.errors import request_id
 from framecdn.origin.multipart import MultipartLayout
-from framecdn.origin.storage import ObjectMissing, ObjectStore, ObjectStream
+from framecdn.origin.storage import ObjectMissing, ObjectStore, ObjectStream, S3Error
+
+log = logging.getLogger("framecdn.origin")
 
 
 class BrokenInstance(Exception):
@@ -40,7 +44,19 @@ class BrokenInstance(Exception):
 
 
 class ClosingStreamingResponse(StreamingResponse):
-    """A StreamingResponse that always closes its body generator, even when cancelled."""
+    """A StreamingResponse that always closes its body generator, even when cancelled.
+
+    A body that breaks off (S3Error, BrokenInstance) after the status line is out ends
+    the only honest way left: the app returns without the final body message, so the
+    server closes the connection and the client sees a short body. One log line says
+    why (with the request id); no traceback.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except (S3Error, BrokenInstance) as exc:
+            log.warning("request %s: answer cut short: %s", request_id(scope), exc)
 
     async def stream_response(self, send: Send) -> None:
         try:

@@ -22,11 +22,11 @@ import pytest
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex
 from framecdn.framestore.keys import InstanceKey, KeyLayout, parse_object_key
-from framecdn.ingest.pipeline import ingest_file
+from framecdn.ingest.pipeline import Ingestor, ingest_file
 from framecdn.synthetic import GeneratedInstance, write_tomosynthesis
 from tests.conftest import list_keys
 from tests.origin_fixtures import run_origin
-from tests.test_ingest import _cli
+from tests.test_ingest import FailingFile, _cli
 
 UIDS = {
     "study_uid": "1.2.826.0.1.77",
@@ -131,6 +131,22 @@ def test_a_finished_replacement_is_served_at_once_and_the_old_objects_go(
         assert metadata.status_code == 200
     assert generations(s3_client, settings) == {index.generation: 5}
     assert committed.generation != index.generation
+
+
+def test_a_replacement_that_fails_removes_only_its_own_generation(
+    s3_client, settings: Settings, tmp_path: Path
+) -> None:
+    old = version(tmp_path / "old.dcm", seed=9, frames=6, size=64)
+    committed = ingest_file(old.path, settings)
+    new = version(tmp_path / "new.dcm", seed=10, frames=6, size=64)
+    fail_at = new.path.stat().st_size - 2 * 64 * 64 * 2 + 10  # the read fails at frame 5
+    with Ingestor(settings) as ingestor, FailingFile(new.path, fail_at) as source:
+        result = ingestor.ingest(source, name="new.dcm")
+    assert result.status == "failed" and "Input/output error" in result.reason
+    assert stored_index(s3_client, settings) == committed
+    assert generations(s3_client, settings) == {committed.generation: 7}
+    with run_origin(settings) as served, httpx.Client(timeout=30) as http:
+        assert_serves(http, served, old, 6)
 
 
 def multipart_parts(body: bytes, content_type: str) -> list[bytes]:

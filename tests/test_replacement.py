@@ -19,10 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex
 from framecdn.framestore.keys import InstanceKey, KeyLayout, parse_object_key
 from framecdn.ingest.pipeline import Ingestor, ingest_file
+from framecdn.maintenance.verify import verify
 from framecdn.synthetic import GeneratedInstance, write_tomosynthesis
 from tests.conftest import list_keys
 from tests.origin_fixtures import run_origin
@@ -252,6 +254,8 @@ def test_a_schema_1_instance_is_served_and_replaced_into_a_generation(
         Bucket=settings.bucket, Key=layout.index(KEY), Body=json.dumps(v1).encode()
     )
     assert generations(s3_client, settings) == {None: 5}
+    checked = verify(Bucket.from_settings(settings), layout, study=KEY.study)
+    assert checked.findings == [] and checked.schema_1 == 1 and checked.frames == 4
 
     with run_origin(settings) as served, httpx.Client(timeout=30) as http:
         assert_serves(http, served, old, 4)

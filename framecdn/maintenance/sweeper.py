@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from framecdn.framestore.access import list_marker_keys, read_last_access
 from framecdn.framestore.bucket import Bucket, StoredObject
@@ -152,7 +152,7 @@ def sweep(
 
     # 1. Half-evicted instances and dead ingests (never in a study whose tags are unknown).
     broken: dict[InstanceKey, list[StoredObject]] = {}
-    oldest_orphan = datetime.fromtimestamp(now, timezone.utc) - orphan_grace
+    oldest_orphan = datetime.fromtimestamp(now, UTC) - orphan_grace
     for instance in inventory.instances:
         if instance.key.study in report.skipped:
             continue

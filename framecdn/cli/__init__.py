@@ -31,6 +31,7 @@ COMMANDS = [
     "framecdn.cli.lifecycle",
     "framecdn.cli.eviction",
     "framecdn.cli.stats",
+    "framecdn.cli.verify",
     "framecdn.cli.follow_orthanc",
     "framecdn.cli.api_key",
 ]

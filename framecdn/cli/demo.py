@@ -109,6 +109,7 @@ def _serve(settings: Settings, generated: GeneratedInstance, export_lines: str) 
     import uvicorn
 
     from framecdn.origin.app import create_app
+    from framecdn.origin.limits import http_protocol
 
     base = f"http://127.0.0.1:{settings.port}{settings.root_path}"
     instance = (
@@ -117,7 +118,11 @@ def _serve(settings: Settings, generated: GeneratedInstance, export_lines: str) 
     )
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"
+            create_app(settings),
+            host="127.0.0.1",
+            port=settings.port,
+            log_level="warning",
+            http=http_protocol(settings),
         )
     )
     threading.Thread(

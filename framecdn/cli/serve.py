@@ -63,6 +63,8 @@ def export_settings(settings: Settings, environ: MutableMapping[str, str]) -> No
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from framecdn.origin.limits import http_protocol
+
     stop_on_signals()
     settings = settings_from_args(args, *FLAG_SETTINGS)
     Bucket.from_settings(settings).check()  # a wrong secret or bucket: say so now, exit 1
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-            http="httptools" if importlib.util.find_spec("httptools") else "h11",
+            http=http_protocol(settings),  # httptools, with bounded request heads (431)
             access_log=False,  # framecdn.access logs one JSON line per request instead
             proxy_headers=True,
             timeout_keep_alive=30,

@@ -413,13 +413,23 @@ class Settings:
         "FRAMECDN_RATE_BURST", 200, "Requests a caller may make at once above the rate.",
         check=at_least(1),
     )
+    max_header_bytes: int = setting(
+        "FRAMECDN_MAX_HEADER_BYTES", 65536,
+        "Most bytes of one request's line and headers together; more is answered 431.",
+        check=between(4096, 16 * 1024 * 1024),
+    )
+    max_headers: int = setting(
+        "FRAMECDN_MAX_HEADERS", 100,
+        "Most header fields in one request; more are answered 431.", check=between(8, 10000),
+    )
     # Ingest
     ingest_workers: int = setting(
         "FRAMECDN_INGEST_WORKERS", 8, "Parallel uploads during ingest.", check=at_least(1)
     )
     ingest_memory_mb: int = setting(
         "FRAMECDN_INGEST_MEMORY_MB", 64,
-        "Frame bytes (MiB) ingest holds in memory at once; one frame always fits.",
+        "Frame bytes (MiB) ingest holds in memory at once; a larger frame is uploaded in "
+        "parts (S3 multipart, at least 5 MiB each), never held whole.",
         check=at_least(1),
     )
     ingest_max_inflate_ratio: int = setting(

@@ -4,12 +4,19 @@ The index is the commit marker (no index = not there) and holds every frame's si
 and checksum, so once it is cached a frame request needs no S3 call but the frame's
 own GET. Entries live ``index_cache_seconds`` (Settings).
 
-Objects of one instance can expire a little apart. When a frame (or the metadata)
-turns out missing, the instance is half evicted: its index is marked *stale* and
-ignored from then on, so every frame of it answers 404 (or is filled from the
-upstream), not just the missing one. A stale mark names the index it condemns (by
-its generation), so a re-ingested instance is served again at once; the sweeper
-deletes the stale index from the bucket.
+Objects of one instance can expire a little apart. When the store says a frame (or
+the metadata) of the generation an index names is missing (its own "no such key",
+:class:`~framecdn.errors.ObjectMissing`) or not the size the index lists, the
+instance is half evicted: its index is marked *stale* and ignored from then on, so
+every frame of it answers 404 (or is filled from the upstream), not just the missing
+one. Nothing else condemns an index: a store that stalls, fails or cuts a body off
+did not say anything about the objects, and the next request simply reads again.
+
+A stale mark names the write it condemns (:attr:`InstanceIndex.identity`), so a
+re-ingested instance (a new generation, a new index) is served again at once: this
+is also how an origin holding the index of a replaced instance, whose old generation
+is gone, moves on to the new one. The sweeper and ``framecdn verify`` remove a
+stale index from the bucket.
 """
 
 from __future__ import annotations
@@ -69,7 +76,7 @@ class InstanceIndexes:
             index = InstanceIndex.from_json(raw)
         except InvalidIndex:
             return None  # unreadable commit marker: treat as not committed
-        if self.stale.get((layout.prefix, key)) == index.generation:
+        if self.stale.get((layout.prefix, key)) == index.identity:
             return None  # the index of a half-evicted instance: not there any more
         return index
 
@@ -110,7 +117,12 @@ class InstanceIndexes:
         self.cache.drop((layout.prefix, key))
 
     def mark_stale(self, found: Found) -> None:
-        """An object of this instance is missing: ignore this index from now on."""
+        """The store says an object of this index's generation is missing or not as
+        indexed: ignore this index (this write of the instance) from now on.
+
+        Call it only on the store's own word (ObjectMissing, a size it announced), never
+        on a timeout or an unreachable store.
+        """
         located = (found.layout.prefix, found.key)
-        self.stale.put(located, found.index.generation)
+        self.stale.put(located, found.index.identity)
         self.cache.drop(located)

@@ -100,7 +100,9 @@ class MetadataService:
     def __init__(self, origin: Origin) -> None:
         settings = origin.settings
         self.origin = origin
-        self.objects: TTLCache[tuple[str, InstanceKey], dict[str, Any]] = TTLCache(
+        # Keyed by the write (index identity) too: a replaced instance's new metadata
+        # is served as soon as its new index is.
+        self.objects: TTLCache[tuple[str, InstanceKey, str], dict[str, Any]] = TTLCache(
             settings.metadata_cache_entries, settings.metadata_cache_seconds
         )
         self.rendered: TTLCache[tuple[str, str], RenderedMetadata] = TTLCache(
@@ -109,8 +111,12 @@ class MetadataService:
         self.fetch_concurrency = settings.metadata_fetch_concurrency
 
     async def instance_object(self, found: Found) -> dict[str, Any] | None:
-        """The stored DICOM JSON object of a committed instance, or None."""
-        object_key = found.layout.metadata(found.key)
+        """The stored DICOM JSON object of a committed instance, or None.
+
+        None when the store says the object is missing: the index is condemned then
+        (only the store's "no such key" does that; a failing store raises S3Error).
+        """
+        object_key = found.layout.metadata_of(found.index)
 
         async def load() -> dict[str, Any] | None:
             try:
@@ -118,13 +124,35 @@ class MetadataService:
             except ObjectMissing:
                 self.origin.indexes.mark_stale(found)
                 return None
-            data = json.loads(raw)
+            try:
+                data = json.loads(raw)
+            except ValueError as exc:
+                raise S3Error(f"{object_key} is not JSON: {exc}") from exc
             obj = data[0] if isinstance(data, list) and data else data
             if not isinstance(obj, dict):
                 raise S3Error(f"{object_key} is not a DICOM JSON object")
             return obj
 
-        return await self.objects.get_or_load((found.layout.prefix, found.key), load)
+        cache_key = (found.layout.prefix, found.key, found.index.identity)
+        return await self.objects.get_or_load(cache_key, load)
+
+    async def current_object(
+        self, lookup: Callable[[], Awaitable[Found | None]]
+    ) -> dict[str, Any] | None:
+        """The DICOM JSON of the instance ``lookup`` finds, looking twice if need be.
+
+        A metadata object found missing condemns the index that named it; when the
+        instance was replaced meanwhile (the old generation removed), the second look
+        finds the new index and its metadata.
+        """
+        for _attempt in range(2):
+            found = await lookup()
+            if found is None:
+                return None
+            obj = await self.instance_object(found)
+            if obj is not None:
+                return obj
+        return None
 
     async def instances_under(self, prefix: str, layout: KeyLayout) -> list[InstanceKey]:
         keys = await self.origin.store.list_keys(prefix)
@@ -136,11 +164,12 @@ class MetadataService:
         semaphore = asyncio.Semaphore(self.fetch_concurrency)
 
         async def one(key: InstanceKey) -> dict[str, Any] | None:
-            async with semaphore:
+            async def lookup() -> Found | None:
                 index = await self.origin.indexes.get(key, layout)
-                if index is None:
-                    return None
-                return await self.instance_object(Found(layout, index))
+                return None if index is None else Found(layout, index)
+
+            async with semaphore:
+                return await self.current_object(lookup)
 
         keys = await self.instances_under(prefix, layout)
         results = await asyncio.gather(*(one(key) for key in keys))
@@ -192,8 +221,9 @@ async def _metadata(request: Request, origin: Origin) -> Response:
             level_key = "|".join(layout.instance_prefix(key) for layout in layouts)
 
             async def load() -> list[dict[str, Any]]:
-                found = await origin.indexes.locate(key, scope)
-                obj = await service.instance_object(found) if found is not None else None
+                obj = await service.current_object(
+                    functools.partial(origin.indexes.locate, key, scope)
+                )
                 return [obj] if obj is not None else []
 
             label(request.scope, route="metadata_instance")

@@ -15,10 +15,10 @@ With OHIF's default config (``omitQuotationForMultipartRequest: true``) its fram
 requests are CORS-simple, so no preflight is sent yet; a bearer token (once access control
 exists) will add them. The Cornerstone tests send the quoted Accept and check preflights.
 
-OHIF cannot open a study before framecdn answers QIDO-RS searches: opening one starts with
-``GET {root}/studies?...&StudyInstanceUID=S`` (twice), then ``{root}/studies/S/series?...``,
-which the origin answers 404 today. The tests are therefore strict xfails until issue #9
-lands: they must then pass, or the run fails.
+OHIF opens a study with QIDO-RS searches before any metadata: ``GET
+{root}/studies?...&StudyInstanceUID=S`` (twice), ``{root}/studies/S/series?...``, and the
+patient's other studies (``{root}/studies?00100020=<PatientID>...``). With no upstream
+configured, the origin answers them from the bucket (``framecdn.origin.qido_bucket``).
 """
 
 from __future__ import annotations
@@ -51,10 +51,6 @@ from tests.browser_fixtures import (
 from tests.origin_fixtures import Expected, ingest
 
 pytest_plugins = ["tests.browser_plugin"]
-
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="needs QIDO-RS (issue #9): OHIF searches /studies and /studies/S/series"
-)
 
 TOMOSYNTHESIS_FRAMES = 12
 TEST_FILES = {

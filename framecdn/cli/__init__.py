@@ -32,6 +32,7 @@ COMMANDS = [
     "framecdn.cli.eviction",
     "framecdn.cli.stats",
     "framecdn.cli.follow_orthanc",
+    "framecdn.cli.fill",
 ]
 
 #: Said at the end of every ``--help``: where storage and credentials come from.

@@ -10,8 +10,11 @@ The upstream gets framecdn's own credentials (``FRAMECDN_UPSTREAM_*``); what the
 sent for itself (``Authorization``, cookies) goes along only with
 ``FRAMECDN_UPSTREAM_FORWARD_AUTH``. Bodies are read on demand, chunk by chunk, each wait
 bounded by the read timeout (aiohttp's ``sock_read`` stays off, as in
-:mod:`framecdn.origin.storage`); a body that ends early raises, so it can never pass for
-a complete one. Failures become :class:`UpstreamError` (502/504), whose messages name
+:mod:`framecdn.origin.storage`). A body shorter than its ``Content-Length``, or a chunked
+one cut before its last chunk, raises here; a body delimited only by the connection's
+end (Orthanc streams whole studies that way) is checked by its structure instead (a
+multipart body must reach its closing delimiter, a JSON array its ``]``; see
+:mod:`framecdn.origin.rewriting`). Failures become :class:`UpstreamError` (502/504), whose messages name
 the upstream and are for the log only.
 """
 
@@ -108,12 +111,6 @@ class UpstreamResponse:
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc, what) from exc
-        # aiohttp raises on a body shorter than Content-Length (or a cut chunked one); a
-        # body delimited by the connection's end only is not accepted as complete.
-        if "Content-Length" not in self.headers and "chunked" not in self.headers.get(
-            "Transfer-Encoding", ""
-        ).lower() and self._response.method != "HEAD" and self.status not in (204, 304):
-            raise UpstreamUnavailable(f"upstream body of {self._response.url.path} had no length")
 
     async def read(self, limit: int) -> bytes:
         """The whole body, refusing one longer than ``limit`` bytes."""

@@ -17,82 +17,34 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pydicom.uid import generate_uid
 
 from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import Settings
-from framecdn.framestore.keys import InstanceKey, KeyLayout
+from framecdn.framestore.keys import KeyLayout
 from framecdn.ingest.pipeline import ingest_file
-from tests.dicom_factory import small_instance
-from tests.origin_fixtures import RunningOrigin, pydicom_frames, run_origin
-from tests.orthanc_fixtures import OrthancServer
-from tests.upstream_fixtures import orthanc_or_skip, running_fill, upstream_settings
+from tests.origin_fixtures import RunningOrigin, run_origin
+from tests.upstream_fixtures import (
+    JSON,
+    OHIF_FRAMES,
+    Upstream,
+    first_part,
+    metric,
+    populated_orthanc,
+    running_fill,
+    upstream_settings,
+)
 
-JSON = "application/dicom+json"
-OHIF_FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 STUDY_FIELDS = "includefield=00081030%2C00080060%2C00080090%2C00100030"
 SERIES_FIELDS = "includefield=00080021%2C00080031%2C0008103E%2C00200011"
 
 
-@dataclass
-class Instance:
-    key: InstanceKey
-    path: Path
-    frames: list[bytes]
-
-
-@dataclass
-class Upstream:
-    orthanc: OrthancServer
-    study: str
-    instances: list[Instance]
-
-    @property
-    def host_port(self) -> str:
-        return f"127.0.0.1:{self.orthanc.http_port}"
-
-    def series(self) -> list[str]:
-        return sorted({i.key.series for i in self.instances})
-
-
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    """One study in Orthanc: a series of two 3-frame instances and a series of one."""
-    folder = tmp_path_factory.mktemp("upstream-data")
-    study, series = generate_uid(), [generate_uid(), generate_uid()]
-    instances = []
-    for n, in_series in enumerate([series[0], series[0], series[1]]):
-        sop = generate_uid()
-        path = small_instance(
-            folder / f"{n}.dcm", study=study, series=in_series, sop=sop, frames=3, rows=64,
-            columns=48, seed=n, PatientID="UP1", InstanceNumber=n + 1,
-            SeriesNumber=1 if in_series == series[0] else 2,
-        )
-        instances.append(Instance(InstanceKey(study, in_series, sop), path, pydicom_frames(path)))
-    with orthanc_or_skip(tmp_path_factory.mktemp("orthanc")) as orthanc:
-        for instance in instances:
-            orthanc.upload(instance.path)
-        yield Upstream(orthanc, study, instances)
-
-
-def metric(origin: RunningOrigin, name: str, **labels: str) -> float:
-    """The sum of a counter's samples whose labels include ``labels``."""
-    text = httpx.get(f"{origin.base}/metrics").text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == f"{name}_total" and labels.items() <= sample.labels.items():
-                total += sample.value
-    return total
-
-
-def first_part(answer: httpx.Response) -> bytes:
-    content_type = answer.headers["content-type"]
-    boundary = content_type.split("boundary=")[1].split(";")[0].strip('"')
-    part = answer.content.split(b"--" + boundary.encode())[1]
-    _, _, payload = part.partition(b"\r\n\r\n")
-    return payload[: -2] if payload.endswith(b"\r\n") else payload
+    with populated_orthanc(
+        tmp_path_factory.mktemp("upstream-data"), tmp_path_factory.mktemp("orthanc")
+    ) as populated:
+        yield populated
 
 
 @dataclass

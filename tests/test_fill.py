@@ -128,7 +128,7 @@ def test_the_fill_service_takes_an_instance_once_at_a_time(
 
 
 def test_a_failed_fill_leaves_nothing_visible_and_the_next_miss_fills(
-    settings: Settings, upstream: Upstream, relay: RelayProxy
+    settings: Settings, upstream: Upstream, relay: RelayProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     through_relay = upstream_settings(settings, upstream.orthanc, root=f"{relay.url}/dicom-web")
     instance = upstream.instances[1]
@@ -140,6 +140,7 @@ def test_a_failed_fill_leaves_nothing_visible_and_the_next_miss_fills(
         assert answer.status_code == 200 and first_part(answer) == instance.frames[1]
         fill.wait_idle()
         assert fill.filler.status()["failed"] == 1
+        assert "closed the connection mid-answer" in caplog.text  # caught at the download
         assert stored_keys(settings, instance) == []  # no frame, no metadata, no index
         # The origin asks again only after a while; the service itself fills at once.
         key = instance.key

@@ -9,6 +9,7 @@ study (nothing to lose: the records are built from the study's own objects).
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from framecdn.framestore.keys import KeyLayout
 from framecdn.ingest.pipeline import ingest_file
 from framecdn.origin.scope import SCOPE_KEY, ReadScope
 from tests.dicom_factory import small_instance
+from tests.nginx_fixtures import nginx_binary_or_none, run_nginx
 from tests.origin_fixtures import RunningOrigin, run_origin
 
 JSON = "application/dicom+json"
@@ -272,3 +274,24 @@ def test_an_evicted_study_leaves_the_search(settings: Settings, tmp_path: Path) 
         bucket.delete([obj.key for obj in bucket.list(layout.study_prefix(study))])
         assert search(http, "/studies?PatientID=GONE") == []
         assert search(http, f"/studies?StudyInstanceUID={study}") == []
+
+
+def test_searches_through_the_shipped_nginx_are_never_cached(
+    origin: RunningOrigin, module_settings: Settings, studies: Studies, tmp_path: Path
+) -> None:
+    binary = nginx_binary_or_none()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed; CI is set, so this is a failure")
+        pytest.skip("nginx is not installed")
+    with run_nginx(binary, tmp_path, origin.base, module_settings) as nginx, \
+            httpx.Client(base_url=nginx.root, headers={"Accept": JSON}) as http:
+        for path in ("/studies?PatientID=P1", f"/studies/{studies.a}/series",
+                     f"/studies/{studies.a}/series/{studies.a_mg}/instances", "/series"):
+            answers = [http.get(path) for _ in range(3)]
+            assert all(a.status_code == 200 for a in answers)
+            assert [a.headers.get("x-cache-status", "") for a in answers] == [""] * 3, path
+            assert answers[0].json() == answers[2].json()
+        metadata = f"/studies/{studies.a}/series/{studies.a_mg}/metadata"
+        cached = [http.get(metadata).headers.get("x-cache-status") for _ in range(2)]
+        assert cached == ["MISS", "HIT"]  # the rules for everything else stand

@@ -28,7 +28,7 @@ import os
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +85,9 @@ def module_settings(s3_store: EmbeddedS3) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def studies(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Expected]:
+def studies(
+    module_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Expected]:
     """One study per case, each with one instance."""
     folder = tmp_path_factory.mktemp("ohif-data")
     tomo = folder / "tomo.dcm"
@@ -139,9 +141,22 @@ STEPS: list[tuple[str | None, dict]] = [
 STEP_INDEX = {name: i for i, (name, _) in enumerate(STEPS) if name}
 
 
+#: The DICOMweb root infra/ohif/app-config.js names (nginx's, in compose.yaml).
+COMPOSE_ROOT = "http://localhost:8080/dicom-web"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def compose_app_config(dist: Path, root: str) -> bytes:
+    """The app-config.js compose.yaml serves, with its DICOMweb root pointed at ``root``."""
+    text = (REPO / "infra" / "ohif" / "app-config.js").read_text()
+    assert text.count(COMPOSE_ROOT) == 3, "qidoRoot, wadoRoot and wadoUriRoot"
+    return text.replace(COMPOSE_ROOT, root).encode()
+
+
 def open_in_ohif(
     toolchain: Toolchain, dist: Path, settings: Settings, mode: str, instance: Expected,
     work: Path, screenshot: Path,
+    app_config: Callable[[Path, str], bytes] = ohif_app_config,
 ) -> ViewerRun:
     """Serve OHIF and framecdn, open the instance's study, scroll, look, take a screenshot."""
     overrides: dict[str, bytes] = {}
@@ -151,7 +166,7 @@ def open_in_ohif(
             framecdn = stack.enter_context(serve_framecdn(mode, settings, viewer, work))
         except BrowserUnavailable as exc:
             unavailable(str(exc))
-        overrides["/app-config.js"] = ohif_app_config(dist, framecdn.root)
+        overrides["/app-config.js"] = app_config(dist, framecdn.root)
         steps = [step for _, step in STEPS] + [{"screenshot": {"path": str(screenshot)}}]
         url = f"{viewer}/viewer?StudyInstanceUIDs={instance.study}"
         run = toolchain.run(url, steps, timeout=90, user_data_dir=work / "profile")
@@ -167,9 +182,9 @@ def viewer(
     studies: dict[str, Expected],
     screenshot_path: Path,
     tmp_path: Path,
-) -> Iterator[ViewerRun]:
+) -> ViewerRun:
     case, mode = request.param
-    yield open_in_ohif(browser_toolchain, ohif_dist, module_settings, mode, studies[case],
+    return open_in_ohif(browser_toolchain, ohif_dist, module_settings, mode, studies[case],
                        tmp_path, screenshot_path)
 
 
@@ -214,3 +229,15 @@ def test_ohif_displays_compressed_instances(viewer: ViewerRun) -> None:
     syntax (the tomosynthesis case covers accel), and the Cornerstone tests decode each
     compressed syntax in every mode. A browser run costs ~12 s on 2 cores."""
     check_viewer(viewer)
+
+
+def test_ohif_opens_a_study_with_the_app_config_compose_serves(
+    browser_toolchain: Toolchain, ohif_dist: Path, module_settings: Settings,
+    studies: dict[str, Expected], screenshot_path: Path, tmp_path: Path,
+) -> None:
+    """infra/ohif/app-config.js, the viewer's configuration in compose.yaml, works as shipped
+    (only its root, nginx's public URL there, is this test's framecdn)."""
+    check_viewer(open_in_ohif(
+        browser_toolchain, ohif_dist, module_settings, "stream", studies["tomosynthesis"],
+        tmp_path, screenshot_path, app_config=compose_app_config,
+    ))

@@ -44,19 +44,21 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))  # tests.orthanc_fixtures and bench_origin: shared harnesses
 
-from bench_origin import Fetcher, free_port, percentile
+from bench_origin import Fetcher, free_port, percentile  # noqa: E402
 
-from framecdn.embedded_s3 import EmbeddedS3
-from framecdn.framestore.bucket import Bucket
-from framecdn.framestore.keys import InstanceKey, KeyLayout
-from framecdn.ingest.pipeline import ingest_file
-from framecdn.synthetic import GeneratedInstance, write_tomosynthesis
-from tests.orthanc_fixtures import OrthancServer, missing_reason
+from framecdn.embedded_s3 import EmbeddedS3  # noqa: E402
+from framecdn.framestore.bucket import Bucket  # noqa: E402
+from framecdn.framestore.keys import InstanceKey, KeyLayout  # noqa: E402
+from framecdn.ingest.pipeline import ingest_file  # noqa: E402
+from framecdn.synthetic import GeneratedInstance, write_tomosynthesis  # noqa: E402
+from tests.orthanc_fixtures import OrthancServer, missing_reason  # noqa: E402
 
 OHIF_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
 
-def start_serve(store: EmbeddedS3, env_extra: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+def start_serve(
+    store: EmbeddedS3, env_extra: dict[str, str], log: Path
+) -> tuple[subprocess.Popen, str]:
     """``framecdn serve`` (one worker, stream) with an upstream: it starts its fill service."""
     port = free_port()
     env = {**os.environ, **store.environment(), **env_extra, "FRAMECDN_PORT": str(port)}

@@ -40,6 +40,7 @@ from tests.upstream_fixtures import (
     populated_orthanc,
     running_fill,
     upstream_settings,
+    wait_for_metric,
 )
 
 
@@ -92,6 +93,8 @@ def test_one_fill_per_instance_however_many_ask(
 
         with ThreadPoolExecutor(16) as pool:
             assert set(pool.map(get, urls)) == {200}
+        for origin in (one, two):
+            wait_for_metric(origin, "framecdn_fill_requests", 2, result="queued")
         fill.wait_idle()
         assert [downloads(relay, i) for i in held] == [1, 1]
         assert fill.filler.status()["ingested"] == 2
@@ -138,6 +141,7 @@ def test_a_failed_fill_leaves_nothing_visible_and_the_next_miss_fills(
         url = f"{origin.root}{instance.path_below_root}/frames/2"
         answer = httpx.get(url, headers={"Accept": OHIF_FRAMES})
         assert answer.status_code == 200 and first_part(answer) == instance.frames[1]
+        wait_for_metric(origin, "framecdn_fill_requests", 1, result="queued")
         fill.wait_idle()
         assert fill.filler.status()["failed"] == 1
         assert "closed the connection mid-answer" in caplog.text  # caught at the download

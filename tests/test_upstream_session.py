@@ -33,6 +33,7 @@ from tests.upstream_fixtures import (
     populated_orthanc,
     running_fill,
     upstream_settings,
+    wait_for_metric,
 )
 
 STUDY_FIELDS = "includefield=00081030%2C00080060%2C00080090%2C00100030"
@@ -100,7 +101,7 @@ def test_a_viewer_session_reads_through_and_then_comes_from_the_bucket(
         # The bucket was empty: the metadata came from Orthanc, and the instances were queued.
         assert metric(origin, "framecdn_upstream_requests", route="metadata_series",
                       status="200") == 2
-        assert metric(origin, "framecdn_fill_requests", result="queued") == 3
+        assert wait_for_metric(origin, "framecdn_fill_requests", 3, result="queued") == 3
         fill.wait_idle()
         assert fill.filler.status()["ingested"] == 3
 
@@ -199,7 +200,8 @@ def test_series_metadata_is_never_incomplete(settings: Settings, upstream: Upstr
         assert answer.status_code == 200 and len(answer.json()) == 2
         assert answer.headers["cache-control"] == "no-store"  # the upstream's: not cached
         assert metric(origin, "framecdn_upstream_requests", route="metadata_series") == 1
-        assert metric(origin, "framecdn_fill_requests", result="queued") == 1  # only the missing
+        # only the missing one
+        assert wait_for_metric(origin, "framecdn_fill_requests", 1, result="queued") == 1
         fill.wait_idle()
         layout = KeyLayout(settings.prefix)
         assert Bucket.from_settings(settings).get_or_none(layout.index(missing.key)) is not None

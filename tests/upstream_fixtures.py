@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,3 +138,15 @@ def first_part(answer: httpx.Response) -> bytes:
     part = answer.content.split(b"--" + boundary.encode())[1]
     _, _, payload = part.partition(b"\r\n\r\n")
     return payload[:-2] if payload.endswith(b"\r\n") else payload
+
+
+def wait_for_metric(
+    origin: RunningOrigin, name: str, at_least: float, timeout: float = 30, **labels: str
+) -> float:
+    """Poll the origin's metrics until the counter reaches ``at_least`` (requests to the
+    fill service go out in the background, after the answer)."""
+    deadline = time.monotonic() + timeout
+    while (value := metric(origin, name, **labels)) < at_least:
+        assert time.monotonic() < deadline, f"{name}{labels} stayed at {value}"
+        time.sleep(0.05)
+    return value

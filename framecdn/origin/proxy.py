@@ -107,9 +107,11 @@ class UpstreamProxy:
         not_found: str = "not found",
         keep: Callable[[Any], bool] | None = None,
         cache_control: str = NO_STORE,
+        on_success: Callable[[], None] | None = None,
     ) -> Response:
         """The upstream's answer to this request. ``keep`` filters the entries of a JSON
-        array answer (searches out of scope)."""
+        array answer (searches out of scope); ``on_success`` runs once a successful answer
+        has been passed on whole."""
         try:
             path = self._path(request)
             url = self.upstream.url(path)  # checks the path
@@ -139,6 +141,8 @@ class UpstreamProxy:
             await answer.aclose()
             if length is not None and request.method == "HEAD":
                 out["Content-Length"] = length
+            if on_success is not None:
+                on_success()
             return Response(status_code=answer.status, headers=out)
         body = self._body(answer, rewriter, keep, out)
         if body is None:
@@ -149,7 +153,8 @@ class UpstreamProxy:
                 "was needed",
             )
         return ClosingStreamingResponse(
-            _closing(body, answer, request, self.origin), status_code=answer.status,
+            _closing(body, answer, request, self.origin, on_success),
+            status_code=answer.status,
             headers=out,
         )
 
@@ -256,12 +261,18 @@ class UpstreamProxy:
 
 
 async def _closing(
-    body: AsyncIterator[bytes], answer: UpstreamResponse, request: Request, origin: Origin
+    body: AsyncIterator[bytes],
+    answer: UpstreamResponse,
+    request: Request,
+    origin: Origin,
+    on_success: Callable[[], None] | None,
 ) -> AsyncIterator[bytes]:
     """The body, then the upstream connection released; a fault cuts the stream."""
     try:
         async for chunk in body:
             yield chunk
+        if on_success is not None:
+            on_success()
     except (UpstreamError, BadUpstreamBody) as exc:
         origin.metrics.aborted_streams.inc()
         log.warning("%s %s: upstream body cut: %s", request.method, request.url.path, exc)

@@ -1,8 +1,9 @@
 """Read-through: what the bucket lacks comes from the upstream at once, and gets filled.
 
 A frame or instance-metadata request for an instance the bucket does not hold is
-proxied to the upstream (the viewer never waits for a whole-instance copy) and the
-instance is queued at the fill service, so the next requests come from the bucket.
+proxied to the upstream (the viewer never waits for a whole-instance copy) and, once
+that answer is out, the instance is queued at the fill service, so the next requests
+come from the bucket.
 
 Series and study metadata are never answered incomplete. The bucket's answer stands
 only when it holds every instance the upstream lists for that series or study (one
@@ -56,13 +57,17 @@ class ReadThrough:
     async def instance(
         self, request: Request, scope: ReadScope, key: InstanceKey, route: str, not_found: str
     ) -> Response | None:
-        """The upstream's answer for an instance the bucket lacks (and its fill queued);
-        None when there is no upstream to ask."""
+        """The upstream's answer for an instance the bucket lacks; None when there is no
+        upstream to ask. The fill is queued once that answer has been passed on: the
+        viewer's first frame does not share the upstream with the copy of its instance
+        (and an instance the upstream does not have is never queued)."""
         upstream = self.proxy_for(scope, key.study)
         if upstream is None:
             return None
-        self.origin.fills.ask([key])
-        return await upstream.forward(request, route=route, not_found=not_found)
+        return await upstream.forward(
+            request, route=route, not_found=not_found,
+            on_success=lambda: self.origin.fills.ask([key]),
+        )
 
     async def listing(
         self,

@@ -14,8 +14,8 @@ bounded by the read timeout (aiohttp's ``sock_read`` stays off, as in
 one cut before its last chunk, raises here; a body delimited only by the connection's
 end (Orthanc streams whole studies that way) is checked by its structure instead (a
 multipart body must reach its closing delimiter, a JSON array its ``]``; see
-:mod:`framecdn.origin.rewriting`). Failures become :class:`UpstreamError` (502/504), whose messages name
-the upstream and are for the log only.
+:mod:`framecdn.origin.rewriting`). Failures become :class:`UpstreamError` (502/504),
+whose messages name the upstream and are for the log only.
 """
 
 from __future__ import annotations

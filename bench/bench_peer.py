@@ -425,15 +425,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--samples", type=int, default=10, help="one-frame requests per target")
     parser.add_argument(
-        "--read-through-samples", type=int, default=5,
-        help="cold first frames through framecdn's read-through, and from Orthanc",
+        "--read-through-samples", type=int,
+        help="cold first frames through framecdn's read-through, and from Orthanc (default 5)",
     )
     parser.add_argument("--small", action="store_true", help="smoke run: 6 frames, 3 samples")
     parser.add_argument("--workdir", help="where the instance, stores and logs go (default TMP)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     if args.small:
-        args.frames, args.samples, args.read_through_samples = 6, 3, 2
+        args.frames, args.samples = 6, 3
+    if args.read_through_samples is None:
+        args.read_through_samples = 2 if args.small else 5
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="framecdn-peer-", dir=args.workdir))
     try:

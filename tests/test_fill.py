@@ -20,6 +20,7 @@ import httpx
 import psutil
 import pytest
 from pydicom.uid import generate_uid
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.bucket import Bucket
@@ -27,6 +28,7 @@ from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.ingest.dicomweb_source import FirstPart, IncompleteInstance
 from framecdn.ingest.fill_service import parse_request
+from framecdn.origin.scope import SCOPE_KEY, ReadScope
 from tests.origin_fixtures import free_port, run_origin
 from tests.orthanc_fixtures import RelayProxy
 from tests.processes import running
@@ -214,11 +216,13 @@ def test_a_part_longer_than_it_says_is_refused() -> None:
 
 
 def test_fill_requests_are_checked() -> None:
-    keys = parse_request(json.dumps({"instances": [["1.2", "3.4", "5.6"]]}).encode())
-    assert keys == [InstanceKey("1.2", "3.4", "5.6")]
+    prefix, keys = parse_request(json.dumps({"instances": [["1.2", "3.4", "5.6"]]}).encode())
+    assert (prefix, keys) == (None, [InstanceKey("1.2", "3.4", "5.6")])
+    named = parse_request(b'{"prefix": "site-a/", "instances": []}')
+    assert named == ("site-a/", [])
     for bad in (b"[]", b'{"instances": "1.2"}', b'{"instances": [["1.2"]]}', b"not json",
-                b'{"instances": [["1.2", "3.4", "../x"]]}'):
-        with pytest.raises(ValueError, match=r"instances|UID"):
+                b'{"instances": [["1.2", "3.4", "../x"]]}', b'{"prefix": 3, "instances": []}'):
+        with pytest.raises(ValueError, match=r"instances|UID|prefix"):
             parse_request(bad)
 
 
@@ -265,3 +269,46 @@ def test_serve_starts_its_fill_service_and_stops_it(
         serve.wait(60)
         _, alive = psutil.wait_procs(children, timeout=30)
         assert alive == [] and serve.returncode == 0
+
+
+class Scoped:
+    """Stands in for an authentication middleware: one ReadScope on every request."""
+
+    def __init__(self, app: ASGIApp, scope: ReadScope) -> None:
+        self.app, self.scope = app, scope
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SCOPE_KEY] = self.scope
+        await self.app(scope, receive, send)
+
+
+def test_a_fill_lands_under_the_first_layout_of_the_scope(
+    settings: Settings, upstream: Upstream
+) -> None:
+    """With access control, the upstream's site is the scope's first layout (a prefix below
+    the origin's): the fill goes there, and the next request finds it there. A prefix
+    outside the fill service's own is refused."""
+    instance = upstream.instances[0]
+    site = KeyLayout(settings.prefix + "/site-a")
+    scope = ReadScope((site, KeyLayout(settings.prefix + "/site-b")), upstream=True)
+    with running_fill(upstream_settings(settings, upstream.orthanc)) as fill, run_origin(
+        upstream_settings(settings, upstream.orthanc, fill_url=fill.url),
+        wrap=lambda app: Scoped(app, scope),
+    ) as origin:
+        url = f"{origin.root}{instance.path_below_root}/frames/1"
+        assert httpx.get(url, headers={"Accept": OHIF_FRAMES}).status_code == 200
+        wait_for_metric(origin, "framecdn_fill_requests", 1, result="queued")
+        fill.wait_idle()
+        bucket = Bucket.from_settings(settings)
+        assert bucket.get_or_none(site.index(instance.key)) is not None
+        assert bucket.get_or_none(KeyLayout(settings.prefix).index(instance.key)) is None
+        hits = metric(origin, "framecdn_instance_lookups", result="hit")
+        answer = httpx.get(url, headers={"Accept": OHIF_FRAMES})
+        assert first_part(answer) == instance.frames[0]
+        assert metric(origin, "framecdn_instance_lookups", result="hit") == hits + 1
+        outside = httpx.post(f"{fill.url}/fills", json={
+            "prefix": "elsewhere/", "instances": [[instance.key.study, instance.key.series,
+                                                   instance.key.instance]],
+        })
+        assert outside.status_code == 400 and "not below" in outside.text

@@ -1,7 +1,9 @@
 """Read-through fill: instances a viewer asked for, copied from the upstream into the bucket.
 
 The origin sends the instances it had to get from the upstream (``POST /fills`` of the
-fill service, :mod:`framecdn.ingest.fill_service`); :class:`Filler` takes each at most
+fill service, :mod:`framecdn.ingest.fill_service`), with the key prefix they belong under
+(the service's own, or, with access control, the upstream's site below it);
+:class:`Filler` takes each at most
 once at a time, however many requests name it (an instance queued or being filled is
 not queued again), with a bounded number in flight (``FRAMECDN_FILL_CONCURRENCY``) and a
 bounded queue (``FRAMECDN_FILL_QUEUE_SIZE``: beyond it, requests are refused and asked
@@ -29,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from framecdn.errors import FramecdnError
 from framecdn.framestore.config import Settings
-from framecdn.framestore.keys import InstanceKey
+from framecdn.framestore.keys import InstanceKey, InvalidPrefix, normalize_prefix
 from framecdn.ingest.dicomweb_source import DicomwebSource
 from framecdn.ingest.pipeline import Ingestor
 
@@ -78,21 +80,17 @@ class FillMetrics:
 class Filler:
     """Fills instances from the upstream, each at most once at a time, a few at once."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        source: DicomwebSource | None = None,
-        ingestor: Ingestor | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, *, source: DicomwebSource | None = None) -> None:
         self.settings = settings
+        self.prefix = normalize_prefix(settings.prefix)
         self.source = source or DicomwebSource(
             settings, max_connections=settings.fill_concurrency + 2
         )
-        self.ingestor = ingestor or Ingestor(settings)
         self.metrics = FillMetrics()
         self._pool = ThreadPoolExecutor(settings.fill_concurrency, thread_name_prefix="fill")
-        self._active: set[InstanceKey] = set()
+        #: One Ingestor per key prefix filled into (the service's own, or a site below it).
+        self._ingestors: dict[str, Ingestor] = {}
+        self._active: set[tuple[str, InstanceKey]] = set()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -103,7 +101,8 @@ class Filler:
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.source.close()
-        self.ingestor.close()
+        for ingestor in self._ingestors.values():
+            ingestor.close()
 
     def __enter__(self) -> Self:
         return self
@@ -112,20 +111,40 @@ class Filler:
         self.close()
 
     # Requests ------------------------------------------------------------------------
-    def submit(self, keys: Iterable[InstanceKey]) -> Submitted:
-        """Queue the instances not already queued or being filled."""
+    def takes_prefix(self, prefix: str) -> bool:
+        """A prefix this service may write: its own, or one below it (a site's)."""
+        try:
+            return normalize_prefix(prefix).startswith(self.prefix)
+        except InvalidPrefix:
+            return False
+
+    def _ingestor(self, prefix: str) -> Ingestor:
+        with self._lock:
+            ingestor = self._ingestors.get(prefix)
+            if ingestor is None:
+                ingestor = Ingestor(self.settings.with_overrides(prefix=prefix))
+                self._ingestors[prefix] = ingestor
+            return ingestor
+
+    def submit(self, keys: Iterable[InstanceKey], prefix: str | None = None) -> Submitted:
+        """Queue the instances not already queued or being filled, under ``prefix`` (the
+        service's own when None; the origin names the site a read-through belongs to)."""
+        prefix = self.prefix if prefix is None else normalize_prefix(prefix)
+        if not self.takes_prefix(prefix):
+            raise InvalidPrefix(f"prefix {prefix!r} is not below this service's {self.prefix!r}")
         queued = duplicates = refused = 0
         for key in keys:
+            job = (prefix, key)
             with self._lock:
-                if key in self._active:
+                if job in self._active:
                     duplicates += 1
                     continue
                 if len(self._active) >= self.settings.fill_queue_size or self._stop.is_set():
                     refused += 1
                     continue
-                self._active.add(key)
+                self._active.add(job)
                 self.metrics.queued.set(len(self._active))
-            self._pool.submit(self._run, key)
+            self._pool.submit(self._run, job)
             queued += 1
         for outcome, count in (("queued", queued), ("duplicate", duplicates),
                                ("refused", refused)):
@@ -143,24 +162,27 @@ class Filler:
             return {"active": len(self._active), **self.results}
 
     # One fill --------------------------------------------------------------------------
-    def _run(self, key: InstanceKey) -> None:
+    def _run(self, job: tuple[str, InstanceKey]) -> None:
+        prefix, key = job
         try:
-            result = self.fill(key)
+            result = self.fill(key, prefix)
         finally:
             with self._idle:
-                self._active.discard(key)
+                self._active.discard(job)
                 self.metrics.queued.set(len(self._active))
                 self._idle.notify_all()
         with self._lock:
             self.results[result] += 1
         self.metrics.fills.labels(result).inc()
 
-    def fill(self, key: InstanceKey) -> Result:
-        """Bring one instance into the bucket (unless it is there); never raises."""
+    def fill(self, key: InstanceKey, prefix: str | None = None) -> Result:
+        """Bring one instance into the bucket under ``prefix`` (unless it is there already);
+        never raises."""
         if self._stop.is_set():
             return "failed"
         try:
-            if self.ingestor.stored_index(key) is not None:
+            ingestor = self._ingestor(self.prefix if prefix is None else prefix)
+            if ingestor.stored_index(key) is not None:
                 return "present"
             with tempfile.TemporaryDirectory(prefix="framecdn-fill-") as spool:
                 path = Path(spool) / f"{key.instance}.dcm"
@@ -168,7 +190,7 @@ class Filler:
                     size = self.source.download(key, out, cancelled=self._stop)
                 self.metrics.downloaded.inc(size)
                 _check_identity(path, key)
-                result = self.ingestor.ingest(path, name=f"upstream instance {key.instance}")
+                result = ingestor.ingest(path, name=f"upstream instance {key.instance}")
         except (FramecdnError, OSError) as exc:
             log.warning("fill of %s failed: %s", key.instance, exc)
             return "failed"

@@ -3,8 +3,10 @@
 A small threaded HTTP server (standard library; it takes a few requests a second, on a
 private network or loopback, and answers at once):
 
-* ``POST /fills`` with ``{"instances": [[study, series, sop], ...]}`` queues them and
-  answers ``202 {"queued": n, "duplicates": n, "refused": n}``;
+* ``POST /fills`` with ``{"instances": [[study, series, sop], ...], "prefix": "..."}``
+  queues them (under ``prefix``, which must be the service's own ``FRAMECDN_PREFIX`` or
+  below it; absent: its own) and answers ``202 {"queued": n, "duplicates": n, "refused":
+  n}``;
 * ``GET /fills``: what is queued or running, and the totals (JSON);
 * ``GET /healthz``; ``GET /metrics`` (Prometheus: ``framecdn_fills{result=...}`` ...).
 
@@ -77,24 +79,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(413, {"status": 413, "error": f"body must be 1..{MAX_REQUEST_BYTES} bytes"})
             return
         try:
-            keys = parse_request(self.rfile.read(length))
+            prefix, keys = parse_request(self.rfile.read(length))
+            done = self.server.filler.submit(keys, prefix)
         except ValueError as exc:
             self._json(400, {"status": 400, "error": str(exc)})
             return
-        done = self.server.filler.submit(keys)
         self._json(HTTPStatus.ACCEPTED, {
             "queued": done.queued, "duplicates": done.duplicates, "refused": done.refused,
         })
 
 
-def parse_request(body: bytes) -> list[InstanceKey]:
-    """The instances a ``POST /fills`` body names; ValueError saying what is wrong."""
+def parse_request(body: bytes) -> tuple[str | None, list[InstanceKey]]:
+    """The prefix and instances a ``POST /fills`` body names; ValueError saying what is
+    wrong."""
     try:
         data = json.loads(body)
         entries = data["instances"]
+        prefix = data.get("prefix")
         if not isinstance(entries, list):
             raise TypeError("instances is not a list")
-        return [InstanceKey(*map(str, entry)) for entry in entries]
+        if prefix is not None and not isinstance(prefix, str):
+            raise TypeError("prefix is not a string")
+        return prefix, [InstanceKey(*map(str, entry)) for entry in entries]
     except InvalidUID as exc:
         raise ValueError(str(exc)) from None
     except (ValueError, TypeError, KeyError) as exc:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import aiohttp
 
 from framecdn.framestore.config import Settings
-from framecdn.framestore.keys import InstanceKey
+from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.origin.cache import TTLCache
 from framecdn.origin.metrics import Metrics
 
@@ -38,7 +38,9 @@ class FillRequests:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.url = settings.fill_url.rstrip("/") + "/fills" if settings.fill_url else None
         self.metrics = metrics
-        self._asked: TTLCache[InstanceKey, bool] = TTLCache(100_000, ASK_AGAIN_SECONDS)
+        self._asked: TTLCache[tuple[str, InstanceKey], bool] = TTLCache(
+            100_000, ASK_AGAIN_SECONDS
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
 
@@ -46,19 +48,21 @@ class FillRequests:
     def enabled(self) -> bool:
         return self.url is not None
 
-    def ask(self, keys: Iterable[InstanceKey]) -> int:
-        """Queue ``keys`` (those not asked for lately); returns how many were sent."""
+    def ask(self, keys: Iterable[InstanceKey], layout: KeyLayout) -> int:
+        """Queue ``keys`` (those not asked for lately) to be filled under ``layout``: the
+        first of the request's scope, the upstream's own site. Returns how many were sent."""
         if self.url is None:
             return 0
-        new = [key for key in dict.fromkeys(keys) if self._asked.get(key) is None]
+        prefix = layout.prefix
+        new = [key for key in dict.fromkeys(keys) if self._asked.get((prefix, key)) is None]
         if not new:
             return 0
         if len(self._tasks) >= MAX_PENDING_REQUESTS:
             self.metrics.fill_requests.labels("dropped").inc(len(new))
             return 0
         for key in new:
-            self._asked.put(key, True)
-        task = asyncio.ensure_future(self._send(new))
+            self._asked.put((prefix, key), True)
+        task = asyncio.ensure_future(self._send(new, prefix))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return len(new)
@@ -71,9 +75,9 @@ class FillRequests:
             )
         return self._session
 
-    async def _send(self, keys: list[InstanceKey]) -> None:
+    async def _send(self, keys: list[InstanceKey], prefix: str) -> None:
         assert self.url is not None
-        body = {"instances": [[k.study, k.series, k.instance] for k in keys]}
+        body = {"prefix": prefix, "instances": [[k.study, k.series, k.instance] for k in keys]}
         try:
             async with self._client().post(self.url, json=body) as response:
                 if response.status != 202:
@@ -82,7 +86,7 @@ class FillRequests:
                 await response.read()
         except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
             for key in keys:
-                self._asked.drop(key)  # ask again at the next miss
+                self._asked.drop((prefix, key))  # ask again at the next miss
             self.metrics.fill_requests.labels("failed").inc(len(keys))
             log.warning("could not queue %d fill(s) at %s: %s", len(keys), self.url, exc)
             return

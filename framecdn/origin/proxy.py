@@ -88,11 +88,12 @@ class UpstreamProxy:
             raise InvalidPath(f"{path!r} is not below {prefix!r}")
         return path[len(prefix) :]
 
-    def _count(self, route: str, outcome: str) -> None:
+    def count(self, route: str, outcome: str) -> None:
         self.origin.metrics.upstream_requests.labels(route, outcome).inc()
 
-    def _failed(self, request: Request, exc: UpstreamError, route: str) -> Response:
-        self._count(route, exc.kind)
+    def failure(self, request: Request, exc: UpstreamError, route: str) -> Response:
+        """The origin's opaque 502/504 for an upstream that could not answer."""
+        self.count(route, exc.kind)
         reason = "upstream timeout" if isinstance(exc, UpstreamTimeout) else "upstream unavailable"
         return server_error_response(
             request, exc.status_code, reason, str(exc),
@@ -122,8 +123,8 @@ class UpstreamProxy:
         try:
             answer = await self.upstream.open(request.method, path, query, headers)
         except UpstreamError as exc:
-            return self._failed(request, exc, route)
-        self._count(route, str(answer.status))
+            return self.failure(request, exc, route)
+        self.count(route, str(answer.status))
         if not (200 <= answer.status < 300 or answer.status == 304):
             return await self._refused(request, answer, route, not_found, url.path)
         root_url = dicomweb_root(request, self.origin.root, self.origin.settings.public_url)
@@ -234,7 +235,7 @@ class UpstreamProxy:
         route = "check_series" if series else "check_study"
         headers = self.upstream.headers_for({"accept": "application/dicom+json"})
         answer = await self.upstream.open("GET", path, "includefield=0020000E", headers)
-        self._count(route, str(answer.status))
+        self.count(route, str(answer.status))
         try:
             if answer.status in (404, 204):
                 return None

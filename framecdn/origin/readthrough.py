@@ -48,9 +48,12 @@ class ReadThrough:
         )
 
     def proxy_for(self, scope: ReadScope, study: str) -> UpstreamProxy | None:
-        """The upstream, if this request may read through to it."""
+        """The upstream, if this request may read through to it. What it fills goes under
+        the scope's first layout (with access control: the upstream's own site)."""
         upstream = self.origin.upstream
         if upstream is None or not scope.upstream or not scope.allows(study):
+            return None
+        if not scope.layouts:
             return None
         return upstream
 
@@ -64,9 +67,12 @@ class ReadThrough:
         upstream = self.proxy_for(scope, key.study)
         if upstream is None:
             return None
+
+        def queue_fill() -> None:
+            self.origin.fills.ask([key], scope.layouts[0])
+
         return await upstream.forward(
-            request, route=route, not_found=not_found,
-            on_success=lambda: self.origin.fills.ask([key]),
+            request, route=route, not_found=not_found, on_success=queue_fill
         )
 
     async def listing(
@@ -87,17 +93,17 @@ class ReadThrough:
         try:
             listed = await upstream.instances(study, series)
         except UpstreamError as exc:
-            upstream._count(route, exc.kind)
+            upstream.count(route, exc.kind)
             if held:
                 log.warning("%s: upstream not asked (%s); serving the bucket's %d instance(s)",
                             request.url.path, exc, len(held))
                 return None
-            return upstream._failed(request, exc, route)
+            return upstream.failure(request, exc, route)
         if listed is None:  # the upstream has none: the bucket's answer is all there is
             return None
         missing = [key for key in listed if key.instance not in held]
         if not missing:
             self.complete.put(level_key, True)
             return None
-        self.origin.fills.ask(missing)
+        self.origin.fills.ask(missing, scope.layouts[0])
         return await upstream.forward(request, route=route, not_found="not found")

@@ -49,6 +49,7 @@ from tests.browser_fixtures import (
     unavailable,
 )
 from tests.origin_fixtures import Expected, ingest
+from tests.upstream_fixtures import orthanc_or_skip, running_fill, upstream_settings
 
 pytest_plugins = ["tests.browser_plugin"]
 
@@ -241,3 +242,27 @@ def test_ohif_opens_a_study_with_the_app_config_compose_serves(
         browser_toolchain, ohif_dist, module_settings, "stream", studies["tomosynthesis"],
         tmp_path, screenshot_path, app_config=compose_app_config,
     ))
+
+
+def test_ohif_opens_a_study_the_bucket_lacks_through_the_upstream(
+    browser_toolchain: Toolchain, ohif_dist: Path, s3_store: EmbeddedS3,
+    studies: dict[str, Expected], screenshot_path: Path, tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """An empty bucket, Orthanc (with DICOMweb) as the upstream: OHIF, with framecdn as its
+    only root, opens and scrolls the study (searches and metadata from Orthanc through the
+    origin, rewritten; frames from Orthanc or, once filled, from the bucket)."""
+    instance = studies["tomosynthesis"]
+    with orthanc_or_skip(tmp_path_factory.mktemp("orthanc")) as orthanc:
+        orthanc.upload(instance.path)
+        empty = s3_store.settings(prefix=f"ohif-upstream-{uuid.uuid4().hex[:10]}")
+        upstream = upstream_settings(empty, orthanc)
+        with running_fill(upstream) as fill:
+            run = open_in_ohif(
+                browser_toolchain, ohif_dist, upstream.with_overrides(fill_url=fill.url),
+                "stream", instance, tmp_path, screenshot_path,
+            )
+            fill.wait_idle()
+        check_viewer(run)
+        assert not [x for x in run.browser.exchanges if f":{orthanc.http_port}" in x.url]
+        assert fill.filler.status()["ingested"] == 1

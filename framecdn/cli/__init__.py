@@ -34,6 +34,7 @@ COMMANDS = [
     "framecdn.cli.verify",
     "framecdn.cli.follow_orthanc",
     "framecdn.cli.api_key",
+    "framecdn.cli.fill",
 ]
 
 #: Said at the end of every ``--help``: where storage and credentials come from.

@@ -161,6 +161,13 @@ class KeyLayout:
     def all_studies(self) -> str:
         return f"{self.prefix}studies/"
 
+    def parse_study_prefix(self, listed: str) -> str | None:
+        """The study of a "folder" listed under :meth:`all_studies`, or None."""
+        if not listed.startswith(self.all_studies()) or not listed.endswith("/"):
+            return None
+        study = listed[len(self.all_studies()) : -1]
+        return study if is_valid_uid(study) else None
+
     def access_prefix(self) -> str:
         """Where the origin leaves one last-access marker per study."""
         return f"{self.prefix}access/studies/"

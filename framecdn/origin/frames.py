@@ -88,8 +88,16 @@ async def _frames(request: Request, origin: Origin) -> Response:
         try:
             found = await origin.indexes.locate(key, scope)
         except S3Error as exc:
-            return s3_error_response(request, exc)
+            if origin.readthrough.proxy_for(scope, key.study) is None:
+                return s3_error_response(request, exc)
+            found = None  # the bucket cannot answer now: the upstream can
         if found is None:
+            proxied = await origin.readthrough.instance(
+                request, scope, key, "frames", "instance not found"
+            )
+            if proxied is not None:
+                label(request.scope, mode="upstream")
+                return proxied
             return error_response(404, "instance not found")
         try:
             return await _answer(request, origin, found, numbers)

@@ -30,7 +30,6 @@ from framecdn.origin.cache import TTLCache
 from framecdn.origin.metrics import Metrics
 from framecdn.origin.scope import ReadScope
 from framecdn.origin.storage import ObjectMissing, ObjectStore
-from framecdn.origin.upstream import NoUpstream, Upstream
 
 #: Cache key of one instance under one layout (several sites may share a bucket).
 Located = tuple[str, InstanceKey]
@@ -56,11 +55,9 @@ class InstanceIndexes:
         settings: Settings,
         store: ObjectStore,
         metrics: Metrics,
-        upstream: Upstream | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
-        self.upstream: Upstream = upstream or NoUpstream()
         entries = settings.index_cache_entries
         self.cache: TTLCache[Located, InstanceIndex] = TTLCache(
             entries, settings.index_cache_seconds
@@ -94,8 +91,7 @@ class InstanceIndexes:
         """The instance under the first of the scope's layouts that holds it, or None.
 
         A study outside the scope is looked for nowhere, so it is "not found" exactly
-        like a study that does not exist. The upstream gets its chance only when the
-        scope allows it.
+        like a study that does not exist.
         """
         found: Found | None = None
         for layout in scope.layouts_for(key.study):
@@ -103,12 +99,6 @@ class InstanceIndexes:
             if index is not None:
                 found = Found(layout, index)
                 break
-        if found is None and scope.upstream and scope.allows(key.study) and scope.layouts:
-            index = await self.upstream.fill(key)
-            if index is not None:
-                self.metrics.upstream_fills.inc()
-                self.cache.put((scope.layouts[0].prefix, key), index)
-                found = Found(scope.layouts[0], index)
         self.metrics.lookups.labels("hit" if found is not None else "miss").inc()
         return found
 

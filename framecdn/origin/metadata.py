@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from framecdn.origin.app import Origin
 
 MEDIA_TYPE = "application/dicom+json"
+SOP_INSTANCE_UID = "00080018"
 #: What metadata can be labelled as: DICOM JSON, which is also plain JSON.
 _OFFERED = (MEDIA_TYPE, "application/json")
 _GZIP_MIN_BYTES = 1024
@@ -85,13 +86,20 @@ class RenderedMetadata:
     body: bytes
     etag: str
     gzipped: bytes | None
+    #: SOP Instance UIDs of the instances in the answer (read-through compares them).
+    instances: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, objects: list[dict[str, Any]]) -> RenderedMetadata:
         body = json.dumps(objects, separators=(",", ":")).encode()
         etag = hashlib.sha256(body).hexdigest()[:40]
         gzipped = gzip.compress(body, 6, mtime=0) if len(body) >= _GZIP_MIN_BYTES else None
-        return cls(body, etag, gzipped)
+        uids = frozenset(
+            str(value[0])
+            for obj in objects
+            if isinstance(value := obj.get(SOP_INSTANCE_UID, {}).get("Value"), list) and value
+        )
+        return cls(body, etag, gzipped, uids)
 
 
 class MetadataService:
@@ -213,6 +221,8 @@ async def _metadata(request: Request, origin: Origin) -> Response:
         return error_response(406, f"metadata is served as {MEDIA_TYPE}", available=[MEDIA_TYPE])
     load: ObjectsLoader
     scope = read_scope(request)
+    key: InstanceKey | None = None
+    series: str | None = None
     try:
         study = validate_uid(params["study"], what="StudyInstanceUID")
         layouts = scope.layouts_for(study)
@@ -241,10 +251,25 @@ async def _metadata(request: Request, origin: Origin) -> Response:
     if not level_key:  # out of scope: answered exactly like a study that is not there
         return error_response(404, "not found")
     root_url = dicomweb_root(request, origin.root, origin.settings.public_url)
+    route = request.scope["framecdn"]["route"]
     try:
         rendered = await service.render(level_key, root_url, load)
     except S3Error as exc:
-        return s3_error_response(request, exc)
+        if origin.readthrough.proxy_for(scope, study) is None:
+            return s3_error_response(request, exc)
+        rendered = None  # the bucket cannot answer now: the upstream can
+    if key is not None and rendered is None:
+        proxied = await origin.readthrough.instance(request, scope, key, route, "not found")
+    elif key is None:
+        held = rendered.instances if rendered is not None else frozenset()
+        proxied = await origin.readthrough.listing(
+            request, scope, study, series, held, level_key, route
+        )
+    else:
+        proxied = None
+    if proxied is not None:
+        label(request.scope, mode="upstream")
+        return proxied
     if rendered is None:
         return error_response(404, "not found")
     use_gzip = rendered.gzipped is not None and accepts_gzip(request.headers.get("accept-encoding"))

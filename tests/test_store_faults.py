@@ -10,6 +10,7 @@ Only the store's own "no such key" may condemn an instance's index.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import uuid
@@ -249,7 +250,13 @@ def test_an_ingest_cut_by_a_dying_store_leaves_nothing_visible_and_a_rerun_compl
         while not any("/frames/" in k for k in committed_keys(fault_settings, key)):
             assert time.monotonic() < deadline and process.poll() is None
             time.sleep(0.02)
-        store.kill()
+        # Frozen while the store dies, the ingest cannot finish first on a slow machine.
+        process.send_signal(signal.SIGSTOP)
+        try:
+            assert layout.index(key) not in committed_keys(fault_settings, key), "finished early"
+            store.kill()
+        finally:
+            process.send_signal(signal.SIGCONT)
         try:
             _, err = process.communicate(timeout=120)
         finally:

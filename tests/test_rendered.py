@@ -40,6 +40,7 @@ from framecdn.maintenance.stats import collect
 from framecdn.synthetic import write_tomosynthesis
 from tests.auth_fixtures import Clinics, auth_settings, identity_provider, two_clinics
 from tests.conftest import list_keys
+from tests.nginx_fixtures import nginx_binary_or_none, run_nginx
 from tests.origin_fixtures import Expected, RunningOrigin, ingest, run_origin
 
 PNG = {"Accept": "image/png"}
@@ -553,7 +554,7 @@ def test_without_the_render_extra_the_answer_names_it(
     """An origin installed without the extra (numpy blocked here) answers 501, one line."""
     inst = instances["ct_rescale"]
     path = (f"/studies/{inst.study}/series/{inst.series}/instances/{inst.sop}"
-            "/frames/1/rendered")
+            "/frames/1/rendered?quality=37")  # a rendition no other test stored
     code = f"""
 import sys; sys.modules["numpy"] = None  # `import numpy` now fails
 import httpx
@@ -570,3 +571,29 @@ print(answer.status_code, answer.json()["error"])
     assert done.stdout.strip() == (
         "501 rendering needs the render extra: pip install 'framecdn[render]'"
     )
+
+
+def test_behind_the_shipped_nginx_in_accel_mode_renditions_are_cached(
+    http: httpx.Client, module_settings: Settings, instances: dict[str, Expected], tmp_path: Path
+) -> None:
+    """accel delivers frames through nginx's object cache; renditions come from the origin
+    and nginx keeps them like any answer (per URL and Accept)."""
+    binary = nginx_binary_or_none()
+    if binary is None:
+        pytest.skip("nginx not installed")
+    settings = module_settings.with_overrides(delivery="accel")
+    inst = instances["mr_window"]
+    with run_origin(settings) as running, run_nginx(binary, tmp_path, running.base,
+                                                      settings) as nginx:
+        url = f"{nginx.instance_url(inst)}/frames/1/rendered"
+        first_answer = http.get(url, headers=PNG)
+        assert first_answer.status_code == 200, first_answer.text
+        assert np.array_equal(decoded(first_answer), expected_image(inst.path))
+        again = http.get(url, headers=PNG)
+        assert again.headers["x-cache-status"] == "HIT" and again.content == first_answer.content
+        answered = running.origin.metrics.requests.labels("rendered", "-", "200")._value.get()
+        assert answered == 1, "the second answer came from nginx's cache"
+        as_jpeg = http.get(url, headers={"Accept": "image/jpeg"})
+        assert as_jpeg.headers["content-type"] == "image/jpeg"  # Accept is in the cache key
+        thumbnail = http.get(f"{nginx.instance_url(inst)}/thumbnail")
+        assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"

@@ -56,6 +56,7 @@ from framecdn.synthetic import write_tomosynthesis
 from tests.browser_fixtures import (
     BrowserRun,
     BrowserUnavailable,
+    Exchange,
     Toolchain,
     ohif_app_config,
     prepare_toolchain,
@@ -123,6 +124,17 @@ class ModeResult:
     runs: list[Run] = field(default_factory=list)
 
 
+def response_timings(browser: BrowserRun) -> dict[str, dict[str, float]]:
+    """DevTools' ``response.timing`` per request id (``requestTime`` in seconds on the clock
+    of the events' timestamps, the rest in milliseconds after it)."""
+    return {
+        event["params"]["requestId"]: event["params"]["timing"]
+        for event in browser.events
+        if event["event"] == "network" and event["method"] == "Network.responseReceived"
+        and event["params"].get("timing")
+    }
+
+
 def measure(browser: BrowserRun, frame_prefix: str, frames: int) -> Run:
     browser.raise_for_error()
     text = str(browser.step_value(8, ""))
@@ -131,13 +143,20 @@ def measure(browser: BrowserRun, frame_prefix: str, frames: int) -> Run:
     page = next(x for x in browser.exchanges if x.type == "Document")
     fetched = [x for x in browser.exchanges
                if x.url.startswith(frame_prefix) and not x.is_preflight]
-    if len(fetched) < frames or not all(x.ok for x in fetched):
+    if len(fetched) < frames or not all(x.ok and x.finished for x in fetched):
         raise AssertionError(f"frames not all fetched 2xx:\n{browser.transcript()}")
+    timings = response_timings(browser)
+
+    def headers_at(exchange: Exchange) -> float:
+        # responseReceived itself may be dispatched after loadingFinished: use its timing.
+        timing = timings[exchange.request_id]
+        return timing["requestTime"] + timing["receiveHeadersEnd"] / 1000
+
     first = min(fetched, key=lambda x: x.started)
     return Run(
         open_to_first_frame_ms=((first.finished or 0) - page.started) * 1000,
         open_to_first_image_ms=float(browser.step_value(3)),
-        headers_ms=[((x.received or 0) - x.started) * 1000 for x in fetched],
+        headers_ms=[(headers_at(x) - x.started) * 1000 for x in fetched],
         body_ms=[((x.finished or 0) - x.started) * 1000 for x in fetched],
         bytes=[int(x.response_header("content-length") or 0) for x in fetched],
     )

@@ -45,21 +45,43 @@ THUMBNAILS = """[...document.querySelectorAll('img')]
   .filter(img => img.src.includes('/thumbnail'))
   .map(img => ({src: img.src, complete: img.complete, width: img.naturalWidth}))"""
 ERROR_TOASTS = "document.querySelectorAll('[data-sonner-toast][data-type=\"error\"]').length"
-STEPS = [
-    {"waitFor": f"{OPENED} || document.body.innerText.includes('not available')",
-     "timeoutMs": 90000},
-    {"click": {"text": "Skip all", "optional": True}, "when": OPENED, "timeoutMs": 5000},
-    {"click": {"text": "Confirm and hide", "optional": True}, "when": OPENED, "timeoutMs": 5000},
-    {"waitFor": f"(({CANVAS_RANGE}) || {{}}).max > (({CANVAS_RANGE}) || {{}}).min",
-     "when": OPENED, "timeoutMs": 90000},
-    {"waitFor": f"({THUMBNAILS}).some(t => t.complete && t.width > 0)", "when": OPENED,
-     "timeoutMs": 30000},
-    {"sleep": 1000},
-    {"evaluate": CANVAS_RANGE, "when": OPENED},  # 6
-    {"evaluate": THUMBNAILS},  # 7
-    {"evaluate": ERROR_TOASTS},  # 8
-    {"evaluate": "document.body.innerText"},  # 9
-]
+
+
+def steps(frames: int) -> list[dict[str, object]]:
+    """Open, see the first image and the thumbnail, scroll to the middle frame (the one the
+    thumbnail shows), close OHIF's notices, look."""
+    middle = (frames + 1) // 2
+    close_notices = [  # the visible ones: a finished tour step stays in the page, hidden
+        {"click": {"selector": "text=Skip all >> visible=true", "optional": True},
+         "when": OPENED, "timeoutMs": 3000},
+        {"click": {"selector": "text=Confirm and hide >> visible=true", "optional": True},
+         "when": OPENED, "timeoutMs": 3000},
+    ]
+    return [
+        {"waitFor": f"{OPENED} || document.body.innerText.includes('not available')",
+         "timeoutMs": 90000},
+        *close_notices,
+        {"waitFor": f"(({CANVAS_RANGE}) || {{}}).max > (({CANVAS_RANGE}) || {{}}).min",
+         "when": OPENED, "timeoutMs": 90000},
+        {"waitFor": f"({THUMBNAILS}).some(t => t.complete && t.width > 0)", "when": OPENED,
+         "timeoutMs": 30000},
+        {"wheel": {"selector": VIEWPORT, "deltaY": 100, "times": middle - 1, "pauseMs": 300},
+         "when": OPENED},
+        {"waitFor": f"document.body.innerText.includes('({middle}/{frames})')", "when": OPENED,
+         "timeoutMs": 60000},
+        {"sleep": 1500},
+        *close_notices,  # a tour step or notice that came up meanwhile
+        {"sleep": 500},
+        # What the test reads back, last (see LOOKS).
+        {"evaluate": CANVAS_RANGE, "when": OPENED},
+        {"evaluate": THUMBNAILS},
+        {"evaluate": ERROR_TOASTS},
+        {"evaluate": "document.body.innerText"},
+    ]
+
+
+#: The last four steps' values, by name.
+LOOKS = ("canvas", "thumbnails", "error_toasts", "page_text")
 
 
 def screenshot_path(tmp_path: Path) -> tuple[Path, list[str]]:
@@ -68,6 +90,10 @@ def screenshot_path(tmp_path: Path) -> tuple[Path, list[str]]:
     if wanted:
         return (REPO / wanted).resolve(), []
     return tmp_path / "ohif-demo.png", SMALL
+
+
+def frames_of(study_flags: list[str]) -> int:
+    return int(study_flags[study_flags.index("--frames") + 1]) if study_flags else 60
 
 
 @pytest.mark.xfail(
@@ -91,8 +117,9 @@ def test_the_demo_opens_in_ohif(
                           output)
         assert found, output
         url = found[1]
+        script = steps(frames_of(study_flags))
         run = browser_toolchain.run(
-            url, [*STEPS, {"screenshot": {"path": str(screenshot)}}], timeout=180,
+            url, [*script, {"screenshot": {"path": str(screenshot)}}], timeout=180,
             user_data_dir=tmp_path / "profile", viewport={"width": 1440, "height": 900},
         )
         process.send_signal(signal.SIGTERM)
@@ -101,16 +128,19 @@ def test_the_demo_opens_in_ohif(
 
     run.raise_for_error()
     framecdn = f"http://127.0.0.1:{port}"
-    exchanges = run.to(framecdn)
+    # OHIF prefetches the whole stack: with the full-size study some frames are still on
+    # their way when the browser closes (no status, no error yet). Everything answered is 2xx.
+    exchanges = [x for x in run.to(framecdn) if x.status is not None or x.error is not None]
     failed = [str(x) for x in exchanges if not x.ok]
     assert not failed, "framecdn requests not answered 2xx:\n" + "\n".join(failed)
     assert any("/frames/" in x.url for x in exchanges), run.transcript()
     thumbnails = [x for x in exchanges if x.url.split("?")[0].endswith("/thumbnail")]
     assert thumbnails and all(x.response_header("content-type") == "image/jpeg"
                               for x in thumbnails), run.transcript()
-    assert any(t["complete"] and t["width"] > 0 for t in run.step_value(7))
-    assert run.step_value(8) == 0, run.step_value(9)
-    canvas = run.step_value(6)
+    looks = {name: run.step_value(len(script) - len(LOOKS) + i) for i, name in enumerate(LOOKS)}
+    assert any(t["complete"] and t["width"] > 0 for t in looks["thumbnails"])
+    assert looks["error_toasts"] == 0, looks["page_text"]
+    canvas = looks["canvas"]
     assert canvas["max"] > canvas["min"], f"viewport blank: {canvas}"
     assert not run.console_errors, "\n".join(run.console_errors)
     assert screenshot.stat().st_size > 10_000

@@ -32,6 +32,7 @@ lint: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_origin.py
+	$(BIN)/python bench/bench_load.py
 
 clean:
 	rm -rf $(VENV) .demo .bench .framecdn-s3

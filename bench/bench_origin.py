@@ -578,7 +578,7 @@ def run(args: argparse.Namespace, binary: str, tmp_path: Path) -> Results:
         layout = KeyLayout(settings.prefix)
         presigner = Presigner(store.endpoint, store.bucket, resolve_credentials(settings),
                               "us-east-1", 3600)
-        direct_urls = [presigner.url(layout.frame(index.key, n)) for n in range(1, args.frames + 1)]
+        direct_urls = [presigner.url(layout.frame_of(index, n)) for n in range(1, args.frames + 1)]
         origins = {}
         for mode in ("stream", "redirect", "accel"):
             origins[mode] = start_origin(store, settings, mode, tmp_path / f"origin-{mode}.log")

@@ -31,9 +31,11 @@ Every target's first and last frames are checked byte for byte against the gener
 pixels before timing; every timed answer must be 200 with at least a frame's bytes.
 Ratios are against Orthanc measured in the same run.
 
-The read-through row (first frame of an instance not yet ingested, through framecdn
-with ``FRAMECDN_UPSTREAM_URL`` set to Orthanc's DICOMweb root) is a marked slot:
-the upstream proxy is not built yet.
+The read-through row: the first frame of an instance not yet in the bucket, through
+``framecdn serve`` with ``FRAMECDN_UPSTREAM_URL`` set to Orthanc's DICOMweb root (the
+origin proxies the frame and its fill service starts copying the instance at the same
+time), against the first frame straight from Orthanc's DICOMweb; both after an Orthanc
+restart, each framecdn sample on an empty key prefix. Aim: no slower than Orthanc + 10 %.
 
 Usage::
 
@@ -61,6 +63,7 @@ from pathlib import Path
 
 import httpx
 import repo_root  # noqa: F401 - its import puts the repository root on sys.path (tests.*)
+from bench_fill import start_serve, stop
 from bench_origin import Fetcher, Origin, percentile, start_origin
 
 from framecdn.embedded_s3 import EmbeddedS3
@@ -152,12 +155,58 @@ def scroll(target: Target, frames: int, frame_length: int) -> float:
     return time.perf_counter() - started
 
 
-def measure_read_through_first_frame() -> float | None:
-    """SLOT (issue #9 part 5): the first frame of an instance not yet in the bucket, through
-    framecdn with ``FRAMECDN_UPSTREAM_URL`` set to Orthanc's DICOMweb root, against Orthanc
-    direct (aim: no slower than Orthanc plus 10 %). Needs the upstream proxy and read-through
-    fill (part 3), built by another helper: fill this in then. None = not measured."""
-    return None
+@dataclass
+class ReadThrough:
+    """First frame of an instance the bucket lacks: through framecdn (upstream = Orthanc's
+    DICOMweb, read-through) and from Orthanc's DICOMweb directly, seconds per sample."""
+
+    framecdn: list[float] = field(default_factory=list)
+    orthanc: list[float] = field(default_factory=list)
+
+
+def measure_read_through_first_frame(
+    store: EmbeddedS3,
+    orthanc: OrthancServer,
+    generated: GeneratedInstance,
+    samples: int,
+    workdir: Path,
+) -> ReadThrough:
+    """Issue #9 part 5: frame 1 of the instance, not yet in the bucket, through ``framecdn
+    serve`` with ``FRAMECDN_UPSTREAM_URL`` = Orthanc's DICOMweb root (the origin proxies it
+    and queues the instance at its fill service, which starts downloading it at once), and
+    straight from Orthanc's DICOMweb. Each sample starts from a restarted Orthanc (cold)
+    and, for framecdn, a new origin on a key prefix of its own (an empty bucket for it).
+    Aim: framecdn no slower than Orthanc plus 10 %."""
+    basic = base64.b64encode(f"{orthanc.username}:{orthanc.password}".encode()).decode()
+    direct = f"{orthanc.dicomweb_root}{instance_path(generated)}/frames/1"
+    measured = ReadThrough()
+    for sample in range(samples):
+        orthanc.restart()
+        env = {
+            "FRAMECDN_PREFIX": f"peer-read-through-{sample}",
+            "FRAMECDN_UPSTREAM_URL": orthanc.dicomweb_root,
+            "FRAMECDN_UPSTREAM_USERNAME": orthanc.username,
+            "FRAMECDN_UPSTREAM_PASSWORD": orthanc.password,
+            "FRAMECDN_FILL_URL": "",
+        }
+        process, base = start_serve(store, env, workdir / "read-through.log")
+        try:
+            url = f"{base}/dicom-web{instance_path(generated)}/frames/1"
+            started = time.perf_counter()
+            answer = httpx.get(url, headers={"Accept": OHIF_ACCEPT}, timeout=300)
+            measured.framecdn.append(time.perf_counter() - started)
+        finally:
+            stop(process)
+        assert answer.status_code == 200, f"read-through: {answer.status_code}"
+        body = first_part(answer.content, answer.headers["content-type"])
+        assert body == generated.frame(1), "read-through frame 1 differs"
+        orthanc.restart()
+        started = time.perf_counter()
+        answer = httpx.get(direct, headers={"Accept": OHIF_ACCEPT,
+                                            "Authorization": f"Basic {basic}"}, timeout=300)
+        measured.orthanc.append(time.perf_counter() - started)
+        assert answer.status_code == 200, f"Orthanc direct: {answer.status_code}"
+    return measured
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -220,7 +269,7 @@ def instance_path(generated: GeneratedInstance) -> str:
     )
 
 
-def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], float]:
+def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], float, ReadThrough]:
     nginx_binary = nginx_binary_or_none()
     if nginx_binary is None:
         raise SystemExit("nginx is needed (apt-get install nginx-light)")
@@ -303,7 +352,11 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], float]:
                 "HIT",
             )
             results.append(measure(cold, nginx.restart, warm))
-    return results, size_mb
+        print("read-through (first frame, upstream = Orthanc) ...", flush=True)
+        read_through = measure_read_through_first_frame(
+            store, orthanc, generated, args.read_through_samples, workdir
+        )
+    return results, size_mb, read_through
 
 
 def _summary(result: Result) -> str:
@@ -313,7 +366,9 @@ def _summary(result: Result) -> str:
     )
 
 
-def report(results: list[Result], args: argparse.Namespace, size_mb: float) -> None:
+def report(
+    results: list[Result], args: argparse.Namespace, size_mb: float, read_through: ReadThrough
+) -> None:
     reference = results[0]  # Orthanc DICOMweb
     ref_one = percentile(reference.one_frame, 50)
     megabytes = args.frames * 2457 * 1890 * 2 / 1e6
@@ -337,14 +392,20 @@ def report(results: list[Result], args: argparse.Namespace, size_mb: float) -> N
             f" | {ref_one / one:.1f} | {cold:.2f} s | {reference.scroll['cold'] / cold:.1f}"
             f" | {warm:.2f} s | {reference.scroll['warm'] / warm:.1f} | {megabytes / warm:.0f} |"
         )
-    read_through = measure_read_through_first_frame()
+    through, direct = percentile(read_through.framecdn, 50), percentile(read_through.orthanc, 50)
     print(
-        "| read-through first frame, upstream = Orthanc DICOMweb | "
-        + (f"{read_through * 1e3:.1f} ms" if read_through is not None else "not measured yet")
-        + " | | | | | | | |"
+        f"| read-through first frame (upstream = Orthanc DICOMweb), vs Orthanc DICOMweb first "
+        f"frame {direct * 1e3:.1f} ms | {through * 1e3:.1f} ms "
+        f"| {percentile(read_through.framecdn, 90) * 1e3:.1f} ms | {direct / through:.2f} "
+        "| | | | | |"
+    )
+    print()
+    print(
+        f"Read-through: first frame {through * 1e3:.1f} ms through framecdn, "
+        f"{direct * 1e3:.1f} ms from Orthanc DICOMweb (p50 of {len(read_through.framecdn)} cold "
+        f"samples): ×{through / direct:.2f} of Orthanc's time (aim: at most ×1.10)"
     )
     raw = results[1]
-    print()
     print(
         f"Against Orthanc's raw frames: one frame {percentile(raw.one_frame, 50) * 1e3:.1f} ms; "
         + "; ".join(
@@ -358,20 +419,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--samples", type=int, default=10, help="one-frame requests per target")
+    parser.add_argument(
+        "--read-through-samples", type=int,
+        help="cold first frames through framecdn's read-through, and from Orthanc (default 5)",
+    )
     parser.add_argument("--small", action="store_true", help="smoke run: 6 frames, 3 samples")
     parser.add_argument("--workdir", help="where the instance, stores and logs go (default TMP)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     if args.small:
         args.frames, args.samples = 6, 3
+    if args.read_through_samples is None:
+        args.read_through_samples = 2 if args.small else 5
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="framecdn-peer-", dir=args.workdir))
     try:
-        results, size_mb = run(args, workdir)
+        results, size_mb, read_through = run(args, workdir)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    report(results, args, size_mb)
+    report(results, args, size_mb, read_through)
     print(f"\n(bench took {time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -62,7 +62,13 @@ def weed_binary() -> str:
 
 
 def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now.
+
+    SO_REUSEADDR as SeaweedFS (Go) sets it: connections of a store that just stopped,
+    left in TIME_WAIT, do not keep a restarted store off its own ports.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -314,6 +320,7 @@ class EmbeddedS3:
             if process is None or process.poll() is not None:
                 return
             os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGCONT)  # a paused store must see the SIGTERM
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -321,6 +328,31 @@ class EmbeddedS3:
                 process.wait(5)
         finally:
             self._release_lock()
+
+    # Faults, for tests ----------------------------------------------------------
+    def pause(self) -> None:
+        """Freeze the store (SIGSTOP): its sockets stay open and nothing answers."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused store run again (SIGCONT)."""
+        self._signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """Kill the store as a crash would (SIGKILL); :meth:`start` brings it back on its
+        data directory and ports."""
+        process, self._process = self._process, None
+        try:
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(15)
+        finally:
+            self._release_lock()
+
+    def _signal(self, signum: int) -> None:
+        if self._process is None or self._process.poll() is not None:
+            raise EmbeddedS3Error("the store is not running")
+        os.killpg(self._process.pid, signum)
 
     def wait(self) -> int:
         """Block until the server exits (used by ``framecdn s3`` in the foreground)."""

@@ -25,6 +25,7 @@ from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex
 from framecdn.ingest.pipeline import ingest_file
 from framecdn.origin.app import Origin, create_app
+from framecdn.origin.limits import http_protocol
 from framecdn.origin.markers import flush_once
 from framecdn.origin.storage import ObjectStore
 
@@ -104,7 +105,7 @@ def run_origin(
     config = uvicorn.Config(
         wrap(app) if wrap else app,
         host="127.0.0.1", port=port, log_level="warning", access_log=False,
-        loop="uvloop", http="httptools", lifespan="on",
+        loop="uvloop", http=http_protocol(settings), lifespan="on",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -661,7 +661,7 @@ def test_redirects_with_auth_are_short_lived_single_object_and_private(
         )
         assert response.status_code == 307
         location = httpx.URL(response.headers["location"])
-        key = KeyLayout(f"{clinics.base.prefix}/a").frame(clinics.a1.index.key, 2)
+        key = KeyLayout(f"{clinics.base.prefix}/a").frame_of(clinics.a1.index, 2)
         assert location.path == f"/{settings.bucket}/{key}"
         assert int(location.params["X-Amz-Expires"]) <= 240
         assert response.headers["cache-control"].startswith("private")

@@ -15,10 +15,10 @@ With OHIF's default config (``omitQuotationForMultipartRequest: true``) its fram
 requests are CORS-simple, so no preflight is sent yet; a bearer token (once access control
 exists) will add them. The Cornerstone tests send the quoted Accept and check preflights.
 
-OHIF cannot open a study before framecdn answers QIDO-RS searches: opening one starts with
-``GET {root}/studies?...&StudyInstanceUID=S`` (twice), then ``{root}/studies/S/series?...``,
-which the origin answers 404 today. The tests are therefore strict xfails until issue #9
-lands: they must then pass, or the run fails.
+OHIF opens a study with QIDO-RS searches before any metadata: ``GET
+{root}/studies?...&StudyInstanceUID=S`` (twice), ``{root}/studies/S/series?...``, and the
+patient's other studies (``{root}/studies?00100020=<PatientID>...``). With no upstream
+configured, the origin answers them from the bucket (``framecdn.origin.qido_bucket``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import os
 import re
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,12 +49,9 @@ from tests.browser_fixtures import (
     unavailable,
 )
 from tests.origin_fixtures import Expected, ingest
+from tests.upstream_fixtures import orthanc_or_skip, running_fill, upstream_settings
 
 pytest_plugins = ["tests.browser_plugin"]
-
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="needs QIDO-RS (issue #9): OHIF searches /studies and /studies/S/series"
-)
 
 TOMOSYNTHESIS_FRAMES = 12
 TEST_FILES = {
@@ -144,9 +142,22 @@ STEPS: list[tuple[str | None, dict]] = [
 STEP_INDEX = {name: i for i, (name, _) in enumerate(STEPS) if name}
 
 
+#: The DICOMweb root infra/ohif/app-config.js names (nginx's, in compose.yaml).
+COMPOSE_ROOT = "http://localhost:8080/dicom-web"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def compose_app_config(dist: Path, root: str) -> bytes:
+    """The app-config.js compose.yaml serves, with its DICOMweb root pointed at ``root``."""
+    text = (REPO / "infra" / "ohif" / "app-config.js").read_text()
+    assert text.count(COMPOSE_ROOT) == 3, "qidoRoot, wadoRoot and wadoUriRoot"
+    return text.replace(COMPOSE_ROOT, root).encode()
+
+
 def open_in_ohif(
     toolchain: Toolchain, dist: Path, settings: Settings, mode: str, instance: Expected,
     work: Path, screenshot: Path,
+    app_config: Callable[[Path, str], bytes] = ohif_app_config,
 ) -> ViewerRun:
     """Serve OHIF and framecdn, open the instance's study, scroll, look, take a screenshot."""
     overrides: dict[str, bytes] = {}
@@ -156,7 +167,7 @@ def open_in_ohif(
             framecdn = stack.enter_context(serve_framecdn(mode, settings, viewer, work))
         except BrowserUnavailable as exc:
             unavailable(str(exc))
-        overrides["/app-config.js"] = ohif_app_config(dist, framecdn.root)
+        overrides["/app-config.js"] = app_config(dist, framecdn.root)
         steps = [step for _, step in STEPS] + [{"screenshot": {"path": str(screenshot)}}]
         url = f"{viewer}/viewer?StudyInstanceUIDs={instance.study}"
         run = toolchain.run(url, steps, timeout=90, user_data_dir=work / "profile")
@@ -219,3 +230,39 @@ def test_ohif_displays_compressed_instances(viewer: ViewerRun) -> None:
     syntax (the tomosynthesis case covers accel), and the Cornerstone tests decode each
     compressed syntax in every mode. A browser run costs ~12 s on 2 cores."""
     check_viewer(viewer)
+
+
+def test_ohif_opens_a_study_with_the_app_config_compose_serves(
+    browser_toolchain: Toolchain, ohif_dist: Path, module_settings: Settings,
+    studies: dict[str, Expected], screenshot_path: Path, tmp_path: Path,
+) -> None:
+    """infra/ohif/app-config.js, the viewer's configuration in compose.yaml, works as shipped
+    (only its root, nginx's public URL there, is this test's framecdn)."""
+    check_viewer(open_in_ohif(
+        browser_toolchain, ohif_dist, module_settings, "stream", studies["tomosynthesis"],
+        tmp_path, screenshot_path, app_config=compose_app_config,
+    ))
+
+
+def test_ohif_opens_a_study_the_bucket_lacks_through_the_upstream(
+    browser_toolchain: Toolchain, ohif_dist: Path, s3_store: EmbeddedS3,
+    studies: dict[str, Expected], screenshot_path: Path, tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """An empty bucket, Orthanc (with DICOMweb) as the upstream: OHIF, with framecdn as its
+    only root, opens and scrolls the study (searches and metadata from Orthanc through the
+    origin, rewritten; frames from Orthanc or, once filled, from the bucket)."""
+    instance = studies["tomosynthesis"]
+    with orthanc_or_skip(tmp_path_factory.mktemp("orthanc")) as orthanc:
+        orthanc.upload(instance.path)
+        empty = s3_store.settings(prefix=f"ohif-upstream-{uuid.uuid4().hex[:10]}")
+        upstream = upstream_settings(empty, orthanc)
+        with running_fill(upstream) as fill:
+            run = open_in_ohif(
+                browser_toolchain, ohif_dist, upstream.with_overrides(fill_url=fill.url),
+                "stream", instance, tmp_path, screenshot_path,
+            )
+            fill.wait_idle()
+        check_viewer(run)
+        assert not [x for x in run.browser.exchanges if f":{orthanc.http_port}" in x.url]
+        assert fill.filler.status()["ingested"] == 1

@@ -1,10 +1,13 @@
 """compose.yaml, Dockerfile and .dockerignore, checked without a Docker engine.
 
 What can be checked here is checked for real: the YAML parses; every FRAMECDN_*/AWS_*
-name is one framecdn reads; services, ports, paths and the nginx template agree with
-each other; the Dockerfile's and the ingest service's commands parse with framecdn's
+name is one framecdn reads; services, ports, paths and the nginx templates agree with
+each other; the Dockerfile's and the framecdn services' commands parse with framecdn's
 own CLI parser; the SeaweedFS flags exist in the `weed` the tests run; the s3 service's
-identity file is valid JSON; the bucket one-shot creates a bucket on the real store.
+identity file is valid JSON; the bucket one-shot creates a bucket on the real store; the
+images are pinned, every service that stays up has a health check, secrets come from
+files the repository never holds; the viewer template runs in a real nginx and the OHIF
+app-config (evaluated by node) points at nginx's DICOMweb root.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 
@@ -62,7 +68,9 @@ def plain(value: str) -> str:
 
 
 def test_the_expected_services_exist(services: dict) -> None:
-    assert {"s3", "origin", "nginx", "ingest"} <= services.keys()
+    assert {"s3", "origin", "nginx", "ingest", "orthanc", "follower", "fill", "viewer"} <= (
+        services.keys()
+    )
     assert services["ingest"].get("profiles") == ["tools"]
     assert services["nginx"]["image"].startswith("nginx:1.27")
     assert services["s3"]["image"].startswith("chrislusf/seaweedfs")
@@ -91,14 +99,18 @@ def test_depends_on_names_existing_services(services: dict) -> None:
             assert target in services, f"{name} depends on unknown service {target}"
             assert target != name
     assert "s3" in services["bucket"]["depends_on"]
-    assert "origin" in services["nginx"]["depends_on"]
+    assert {"origin", "viewer"} <= services["nginx"]["depends_on"].keys()
+    assert "fill" in services["origin"]["depends_on"]
+    assert "orthanc" in services["follower"]["depends_on"]
 
 
 def test_nginx_template_is_mounted_and_every_placeholder_is_set(services: dict) -> None:
     nginx = services["nginx"]
     mounts = [str(v).split(":") for v in nginx.get("volumes", [])]
     templates = [(src, dst) for src, dst, *_ in mounts if dst.startswith("/etc/nginx/templates/")]
-    assert templates, "no template mounted into /etc/nginx/templates/"
+    assert {Path(src).name for src, _ in templates} == {
+        "framecdn.conf.template", "viewer.conf.template"
+    }
     for source, target in templates:
         assert (REPO / source).is_file(), source
         assert target.endswith(".conf.template")  # rendered to /etc/nginx/conf.d/*.conf
@@ -211,3 +223,162 @@ def test_bucket_one_shot_creates_the_bucket_on_a_real_store(s3_store: EmbeddedS3
     client = make_client(s3_store.settings(bucket=bucket))
     client.head_bucket(Bucket=bucket)
     client.delete_bucket(Bucket=bucket)
+
+
+# The whole stack: Orthanc, follower, fill service, viewer ---------------------------------
+
+LONG_RUNNING = ("s3", "origin", "fill", "orthanc", "follower", "viewer", "nginx")
+SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|REGISTERED_USERS", re.I)
+FROM_ENVIRONMENT = re.compile(r"\$\{[A-Z][A-Z0-9_]*(:\?[^}]*|:-)?\}")
+
+
+def test_images_are_pinned_and_long_running_services_have_health_checks(
+    services: dict,
+) -> None:
+    for name, service in services.items():
+        image = service.get("image", "")
+        if "build" in service:
+            assert image == "framecdn:local", name
+            continue
+        repository, _, tag = image.rpartition(":")
+        assert repository and re.fullmatch(r"v?\d+(\.\d+)+", tag), f"{name}: {image} is not pinned"
+    for name in LONG_RUNNING:
+        check = services[name].get("healthcheck", {})
+        assert check.get("test") and not check.get("disable"), f"{name} has no health check"
+        assert services[name].get("restart") == "unless-stopped", name
+    assert services["orthanc"]["image"].startswith("orthancteam/orthanc:")
+    assert services["viewer"]["image"].startswith("ohif/app:v3.13.")  # the OHIF the tests run
+
+
+def test_no_secret_is_written_into_the_file(compose: dict, services: dict) -> None:
+    for name, service in services.items():
+        for variable, value in environment(service).items():
+            if SECRET_WORDS.search(variable) and not variable.endswith("_FILE"):
+                # Only from the environment: `${NAME:?...}` (required) or `${NAME:-}` (none).
+                assert FROM_ENVIRONMENT.fullmatch(value), f"{name}: {variable} has a value"
+    declared = compose["secrets"]
+    for secret in declared.values():
+        assert set(secret) == {"file"} and secret["file"].startswith("./secrets/")
+    assert "/secrets/" in (REPO / ".gitignore").read_text().split()
+    assert "secrets" in (REPO / ".dockerignore").read_text().split()
+    for name, service in services.items():
+        used = set(service.get("secrets", []))
+        assert used <= declared.keys(), name
+        for variable, value in environment(service).items():
+            if variable.endswith("_CREDENTIALS_FILE"):
+                assert value.startswith("/run/secrets/"), (name, variable)
+                assert value.removeprefix("/run/secrets/") in used, (name, variable)
+    # Orthanc takes its users from the secret named after the setting it fills.
+    assert "ORTHANC__REGISTERED_USERS" in services["orthanc"]["secrets"]
+    assert environment(services["orthanc"])["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
+
+
+def test_framecdn_services_run_real_commands_that_agree(services: dict) -> None:
+    parser = build_parser()
+    fill = parser.parse_args(services["fill"]["command"][1:])
+    assert fill.command == "fill" and fill.fill_host == "0.0.0.0"
+    assert str(fill.fill_port) in [str(p) for p in services["fill"]["expose"]]
+    follower = parser.parse_args(services["follower"]["command"][1:])
+    assert follower.command == "follow-orthanc"
+    origin, fill_env = environment(services["origin"]), environment(services["fill"])
+    assert origin["FRAMECDN_FILL_URL"] == f"http://fill:{fill.fill_port}"
+    for env in (origin, fill_env):
+        upstream = urlsplit(env["FRAMECDN_UPSTREAM_URL"])
+        assert upstream.hostname == "orthanc"
+        assert str(upstream.port) in [str(p) for p in services["orthanc"]["expose"]]
+        orthanc_root = environment(services["orthanc"])["ORTHANC__DICOM_WEB__ROOT"]
+        assert upstream.path + "/" == orthanc_root
+    followed = urlsplit(environment(services["follower"])["FRAMECDN_ORTHANC_URL"])
+    assert (followed.hostname, str(followed.port)) == ("orthanc", "8042")
+    assert environment(services["orthanc"])["DICOM_WEB_PLUGIN_ENABLED"] == "true"
+
+
+def test_the_viewer_is_behind_nginx_with_the_shipped_app_config(services: dict) -> None:
+    nginx = environment(services["nginx"])
+    host, _, port = nginx["NGINX_VIEWER"].partition(":")
+    assert host == "viewer" and port in [str(p) for p in services["viewer"]["expose"]]
+    assert "ports" not in services["viewer"]  # only through nginx
+    published = [plain(str(p)) for p in services["nginx"]["ports"]]
+    assert any(p.split(":")[-1] == nginx["NGINX_VIEWER_LISTEN"] for p in published)
+    volumes = (str(v).split(":") for v in services["nginx"]["volumes"])
+    mounts = {dst: src for src, dst, *_ in volumes}
+    template = (REPO / "infra/nginx/viewer.conf.template").read_text()
+    alias = re.search(r"alias (\S+);", template).group(1)
+    assert (REPO / mounts[alias]).resolve() == (REPO / "infra/ohif/app-config.js").resolve()
+
+
+def ohif_config() -> dict:
+    """infra/ohif/app-config.js as OHIF sees it: evaluated by node (functions left out)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    script = (
+        "global.window = {}; require(process.argv[1]);"
+        "process.stdout.write(JSON.stringify(window.config));"
+    )
+    done = subprocess.run([node, "-e", script, str(REPO / "infra/ohif/app-config.js")],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def test_the_ohif_config_points_at_nginx_as_its_only_root(services: dict) -> None:
+    config = ohif_config()
+    (source,) = config["dataSources"]
+    assert config["defaultDataSourceName"] == source["sourceName"]
+    origin = environment(services["origin"])
+    root = plain(origin["FRAMECDN_PUBLIC_URL"]) + origin["FRAMECDN_ROOT_PATH"]
+    settings = source["configuration"]
+    assert {settings[k] for k in ("qidoRoot", "wadoRoot", "wadoUriRoot")} == {root}
+    assert settings["thumbnailRendering"] == "wadors"
+
+
+def test_the_viewer_template_runs_in_a_real_nginx(tmp_path: Path) -> None:
+    """Rendered with its variables, included in nginx: app-config.js from the mounted file,
+    everything else from the viewer."""
+    import string
+
+    from tests.browser_fixtures import serve_directory
+    from tests.nginx_fixtures import main_conf, nginx_binary_or_none
+    from tests.origin_fixtures import free_port
+    from tests.processes import running
+
+    binary = nginx_binary_or_none()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed; CI is set, so this is a failure")
+        pytest.skip("nginx is not installed")
+    site = tmp_path / "viewer-files"
+    site.mkdir()
+    (site / "index.html").write_text("<html>the viewer</html>")
+    (site / "app-config.js").write_text("window.config = {'the image': 'its own'};")
+    port = free_port()
+    with serve_directory(site, spa=True) as viewer:
+        text = (REPO / "infra/nginx/viewer.conf.template").read_text()
+        text = text.replace("/etc/framecdn/ohif/app-config.js",
+                            str(REPO / "infra/ohif/app-config.js"))
+        rendered = string.Template(text).safe_substitute(
+            NGINX_VIEWER_LISTEN=f"127.0.0.1:{port}", NGINX_VIEWER=viewer.removeprefix("http://"),
+            NGINX_SERVER_NAME="_",
+        )
+        assert "${" not in rendered
+        (tmp_path / "temp").mkdir()
+        (tmp_path / "framecdn.conf").write_text(rendered)
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(main_conf(tmp_path))
+        check = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(conf)],
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        command = [binary, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"]
+        with running(command, start_new_session=True):
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(100):
+                try:
+                    config = httpx.get(f"{base}/app-config.js")
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+            assert config.status_code == 200
+            assert config.content == (REPO / "infra/ohif/app-config.js").read_bytes()
+            assert config.headers["cache-control"] == "no-cache"
+            page = httpx.get(f"{base}/viewer?StudyInstanceUIDs=1.2.3")
+            assert page.status_code == 200 and page.text == "<html>the viewer</html>"

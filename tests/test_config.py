@@ -133,8 +133,14 @@ def test_table_and_help_append_the_default_from_the_field() -> None:
     assert set(ENVIRONMENT) == {line.split("`")[1] for line in table.splitlines()[2:]}
 
 
-def test_upstream_url_is_kept_but_not_documented_until_something_reads_it() -> None:
-    assert "FRAMECDN_UPSTREAM_URL" not in ENVIRONMENT
-    assert "FRAMECDN_UPSTREAM_URL" not in environment_table()
-    settings = Settings.from_env({"FRAMECDN_UPSTREAM_URL": "https://pacs.example/dicom-web"})
+def test_upstream_settings_are_documented_and_its_secrets_never_shown() -> None:
+    assert "FRAMECDN_UPSTREAM_URL" in ENVIRONMENT
+    settings = Settings.from_env({
+        "FRAMECDN_UPSTREAM_URL": "https://pacs.example/dicom-web",
+        "FRAMECDN_UPSTREAM_PASSWORD": "pacs-secret-1",
+        "FRAMECDN_UPSTREAM_TOKEN": "pacs-token-2",
+    })
     assert settings.upstream_url == "https://pacs.example/dicom-web"
+    assert "pacs-secret-1" not in repr(settings) and "pacs-token-2" not in repr(settings)
+    with pytest.raises(ConfigError, match="FRAMECDN_UPSTREAM_URL"):
+        Settings.from_env({"FRAMECDN_UPSTREAM_URL": "pacs.example/dicom-web"})

@@ -72,7 +72,7 @@ def test_origin_never_serves_a_half_evicted_instance(s3_client, own_bucket, tmp_
         assert complete_200(client, frames_url(index, "1,2,3"), MULTIPART)
 
         # Objects of one instance expire at slightly different times: frame 2 goes first.
-        s3_client.delete_object(Bucket=bucket, Key=layout.frame(index.key, 2))
+        s3_client.delete_object(Bucket=bucket, Key=layout.frame_of(index, 2))
         assert client.get(frames_url(index, "2"), headers={"Accept": SINGLE}).status_code == 404
         for frames in ("1,2,3", "2,3", "1,2"):
             assert not complete_200(client, frames_url(index, frames), MULTIPART), frames

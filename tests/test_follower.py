@@ -103,16 +103,15 @@ def stored_index(client, settings: Settings, inst: GeneratedInstance) -> Instanc
 
 def assert_stored_byte_exact(client, settings: Settings, inst: GeneratedInstance) -> None:
     layout = KeyLayout(settings.prefix)
-    key = InstanceKey(inst.study_uid, inst.series_uid, inst.sop_uid)
     index = stored_index(client, settings, inst)
     assert index is not None, f"{inst.path.name} not committed"
     expected = pydicom_frames(inst.path)
     assert index.number_of_frames == len(expected)
     for number, frame in enumerate(expected, start=1):
-        body = client.get_object(Bucket=settings.bucket, Key=layout.frame(key, number))
+        body = client.get_object(Bucket=settings.bucket, Key=layout.frame_of(index, number))
         assert body["Body"].read() == frame, f"frame {number} of {inst.path.name} differs"
     metadata = json.loads(
-        client.get_object(Bucket=settings.bucket, Key=layout.metadata(key))["Body"].read()
+        client.get_object(Bucket=settings.bucket, Key=layout.metadata_of(index))["Body"].read()
     )
     assert metadata["00080018"]["Value"] == [inst.sop_uid]
 

@@ -21,6 +21,7 @@ from framecdn.framestore.transfer_syntax import (
 )
 
 KEY = InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.5")
+GENERATION = "5eed" * 8
 
 
 @pytest.mark.parametrize(
@@ -39,15 +40,16 @@ def test_uid_of_64_characters_is_accepted() -> None:
 
 def test_key_layout_mirrors_dicomweb_urls() -> None:
     layout = KeyLayout("clinic-a")
-    assert layout.frame(KEY, 7) == (
-        "clinic-a/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/7"
+    index = _index()
+    assert layout.frame_of(index, 7) == (
+        f"clinic-a/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/{GENERATION}/frames/7"
     )
-    assert layout.metadata(KEY).endswith("/instances/1.2.3.4.5/metadata")
+    assert layout.metadata_of(index).endswith(f"/instances/1.2.3.4.5/{GENERATION}/metadata")
     assert layout.index(KEY).endswith("/instances/1.2.3.4.5/index.json")
-    assert KeyLayout("").frame(KEY, 1).startswith("studies/1.2.3/")
+    assert KeyLayout("").frame_of(index, 1).startswith("studies/1.2.3/")
     assert KeyLayout("/a/b/").prefix == "a/b/"
     with pytest.raises(ValueError, match="1-based"):
-        layout.frame(KEY, 0)
+        layout.frame_of(index, 0)
     with pytest.raises(ValueError, match="prefix"):
         KeyLayout("a/../b")
 
@@ -55,7 +57,7 @@ def test_key_layout_mirrors_dicomweb_urls() -> None:
 def test_parse_index_key_round_trips_and_rejects_others() -> None:
     layout = KeyLayout("p")
     assert layout.parse_index_key(layout.index(KEY)) == KEY
-    assert layout.parse_index_key(layout.frame(KEY, 1)) is None
+    assert layout.parse_index_key(layout.frame_of(_index(), 1)) is None
     assert layout.parse_index_key("q/" + layout.index(KEY)[2:]) is None
 
 
@@ -79,7 +81,24 @@ def _index(frames: int = 2) -> InstanceIndex:
         metadata_sha256="0" * 64,
         source=SourceInfo("a.dcm", 100, "1.2.840.10008.1.2", "f" * 64),
         ingested_at="2026-11-25T00:00:00+00:00",
+        ingest_id=GENERATION,
     )
+
+
+def test_schema_1_indexes_are_read_with_their_objects_under_the_instance() -> None:
+    """Instances written before generations stay readable, at their old keys."""
+    raw = _index().to_json().replace(b'"schema":2', b'"schema":1').replace(
+        GENERATION.encode(), b"c0ffee"
+    )
+    old = InstanceIndex.from_json(raw)
+    assert old.schema == 1 and old.generation is None
+    assert KeyLayout("p").frame_of(old, 2).endswith("/instances/1.2.3.4.5/frames/2")
+    assert old.identity != _index().identity
+
+
+def test_a_schema_2_index_must_name_a_valid_generation() -> None:
+    with pytest.raises(InvalidIndex, match="generation"):
+        InstanceIndex.from_json(_index().to_json().replace(GENERATION.encode(), b"../x"))
 
 
 def test_index_round_trips_through_json() -> None:
@@ -95,7 +114,7 @@ def test_index_round_trips_through_json() -> None:
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda raw: raw.replace(b'"schema":1', b'"schema":99'),
+        lambda raw: raw.replace(b'"schema":2', b'"schema":99'),
         lambda raw: raw.replace(b'"number_of_frames":2', b'"number_of_frames":3'),
         lambda raw: raw[:-5],
         lambda raw: raw.replace(b'"frames":', b'"framez":'),

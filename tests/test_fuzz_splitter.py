@@ -563,6 +563,6 @@ def test_refused_files_leave_nothing_in_the_bucket(s3_client, settings, tmp_path
     layout = KeyLayout(settings.prefix)
     expected_keys = set()
     for key, index in committed.items():
-        expected_keys |= {layout.index(key), layout.metadata(key)}
-        expected_keys |= {layout.frame(key, n) for n in range(1, index.number_of_frames + 1)}
+        expected_keys |= {layout.index(key), layout.metadata_of(index)}
+        expected_keys |= {layout.frame_of(index, n) for n in range(1, index.number_of_frames + 1)}
     assert set(list_keys(s3_client, settings.bucket, layout.prefix)) == expected_keys

@@ -29,10 +29,6 @@ def _get(client, settings, key: str) -> bytes:
     return client.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
 
 
-def _instance_key(ds) -> InstanceKey:
-    return InstanceKey(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-
-
 def test_native_tomosynthesis_is_stored_frame_by_frame(s3_client, settings, tmp_path) -> None:
     generated = write_tomosynthesis(tmp_path / "tomo.dcm", frames=5, rows=64, columns=48)
     index = ingest_file(generated.path, settings)
@@ -45,26 +41,27 @@ def test_native_tomosynthesis_is_stored_frame_by_frame(s3_client, settings, tmp_
     pixel_data = pydicom.dcmread(generated.path).PixelData
     frame_length = 64 * 48 * 2
     for number in range(1, 6):
-        body = _get(s3_client, settings, layout.frame(key, number))
+        body = _get(s3_client, settings, layout.frame_of(index, number))
         expected = pixel_data[(number - 1) * frame_length : number * frame_length]
         assert body == expected
         digest = hashlib.sha256(expected).hexdigest()
         assert index.frame(number) == FrameEntry(len(expected), digest)
-    head = s3_client.head_object(Bucket=settings.bucket, Key=layout.frame(key, 1))
+    head = s3_client.head_object(Bucket=settings.bucket, Key=layout.frame_of(index, 1))
     assert head["ContentType"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
-    tags = s3_client.get_object_tagging(Bucket=settings.bucket, Key=layout.frame(key, 1))
+    tags = s3_client.get_object_tagging(Bucket=settings.bucket, Key=layout.frame_of(index, 1))
     assert {"Key": RETENTION_TAG, "Value": "cache"} in tags["TagSet"]
     assert sorted(list_keys(s3_client, settings.bucket, layout.instance_prefix(key))) == sorted(
-        [layout.frame(key, n) for n in range(1, 6)] + [layout.metadata(key), layout.index(key)]
+        [layout.frame_of(index, n) for n in range(1, 6)]
+        + [layout.metadata_of(index), layout.index(key)]
     )
     assert InstanceIndex.from_json(_get(s3_client, settings, layout.index(key))) == index
 
 
 def test_metadata_is_dicom_json_with_bulk_data_uri(s3_client, settings, tmp_path) -> None:
     generated = write_tomosynthesis(tmp_path / "tomo.dcm", frames=3, rows=16, columns=16)
-    ingest_file(generated.path, settings)
+    index = ingest_file(generated.path, settings)
     key = InstanceKey(generated.study_uid, generated.series_uid, generated.sop_uid)
-    body = json.loads(_get(s3_client, settings, KeyLayout(settings.prefix).metadata(key)))
+    body = json.loads(_get(s3_client, settings, KeyLayout(settings.prefix).metadata_of(index)))
     assert body["7FE00010"]["BulkDataURI"] == (
         f"studies/{key.study}/series/{key.series}/instances/{key.instance}/frames/1,2,3"
     )
@@ -104,7 +101,7 @@ def test_pydicom_test_files_byte_exact(s3_client, settings, name) -> None:
     layout = KeyLayout(settings.prefix)
     assert index.number_of_frames == len(expected)
     for number, frame in enumerate(expected, start=1):
-        assert _get(s3_client, settings, layout.frame(_instance_key(ds), number)) == frame
+        assert _get(s3_client, settings, layout.frame_of(index, number)) == frame
     if ds.file_meta.TransferSyntaxUID.is_encapsulated:
         assert index.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
 
@@ -130,7 +127,8 @@ def test_reingest_is_skipped_and_force_rewrites(s3_client, settings, tmp_path) -
         assert result.status == "ingested", result.reason
     assert len(puts) == 4 + 2
     # The commit marker goes last, after every frame and the metadata.
-    assert puts[-1] == layout.index(key) and puts[-2] == layout.metadata(key)
+    assert result.index is not None
+    assert puts[-1] == layout.index(key) and puts[-2] == layout.metadata_of(result.index)
 
 
 def test_a_different_file_under_the_same_uid_replaces_the_instance(
@@ -142,8 +140,7 @@ def test_a_different_file_under_the_same_uid_replaces_the_instance(
     ingest_file(old.path, settings)
     index = ingest_file(new.path, settings)
     assert index.number_of_frames == 2
-    key = InstanceKey(uids["study_uid"], uids["series_uid"], uids["sop_uid"])
-    assert _get(s3_client, settings, KeyLayout(settings.prefix).frame(key, 2)) == new.frame(2)
+    assert _get(s3_client, settings, KeyLayout(settings.prefix).frame_of(index, 2)) == new.frame(2)
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
@@ -243,7 +240,8 @@ def test_an_instance_failing_after_its_first_frames_leaves_nothing(
         result = ingestor.ingest(source, name="tomo.dcm")
     assert result.status == "failed" and "Input/output error" in result.reason
     # It got far: some frames were uploaded (how many depends on the upload threads).
-    assert uploaded and set(uploaded) <= {layout.frame(key, n) for n in range(1, 5)}
+    assert uploaded and {u.rsplit("/", 1)[1] for u in uploaded} <= {"1", "2", "3", "4"}
+    assert all(u.startswith(layout.instance_prefix(key)) and "/frames/" in u for u in uploaded)
     assert list_keys(s3_client, settings.bucket, KeyLayout(settings.prefix).prefix) == []
 
 
@@ -303,4 +301,4 @@ def test_interrupted_ingest_is_invisible_and_a_rerun_completes(
     index = InstanceIndex.from_json(_get(s3_client, settings, layout.index(key)))
     assert index.number_of_frames == 40
     for number in (1, 20, 40):
-        assert _get(s3_client, settings, layout.frame(key, number)) == generated.frame(number)
+        assert _get(s3_client, settings, layout.frame_of(index, number)) == generated.frame(number)

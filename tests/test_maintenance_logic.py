@@ -58,6 +58,12 @@ def index_key(name: str) -> str:
     return LAYOUT.index(InstanceKey(uid(name), f"{uid(name)}.1", f"{uid(name)}.1.1"))
 
 
+def frame_key(bucket: FakeBucket, name: str, number: int) -> str:
+    """Frame ``number`` of study ``name``, in the generation its index names."""
+    index = InstanceIndex.from_json(bucket.objects[index_key(name)].body)
+    return LAYOUT.frame_of(index, number)
+
+
 def stored(bucket: FakeBucket) -> set[str]:
     return {name for name in "ABC" if any(uid(name) in key for key in bucket.objects)}
 
@@ -97,7 +103,7 @@ def test_a_failed_index_read_is_not_taken_for_a_half_evicted_instance(fake):
 
 
 def test_a_real_half_evicted_instance_is_repaired(fake):
-    del fake.objects[index_key("B").replace("index.json", "frames/2")]
+    del fake.objects[frame_key(fake, "B", 2)]
     report = sweep(fake, LAYOUT, max_bytes=10**9)
     assert [key.study for key in report.repaired] == [uid("B")] and report.ok
     assert stored(fake) == {"A", "C"}
@@ -105,7 +111,7 @@ def test_a_real_half_evicted_instance_is_repaired(fake):
 
 def test_a_failing_marker_read_stops_the_sweep_before_any_eviction(fake):
     fake.put(LAYOUT.access_marker(uid("A")), b'{"study": "x", "last_access": 1}', "x")
-    del fake.objects[index_key("B").replace("index.json", "frames/2")]  # would be repaired
+    del fake.objects[frame_key(fake, "B", 2)]  # would be repaired
     fake.fail("get", lambda key: "/access/" in key)
     before = dict(fake.objects)
     with pytest.raises(StoreError):

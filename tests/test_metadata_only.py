@@ -114,14 +114,13 @@ def test_a_pacs_folder_with_documents_ingests_cleanly(s3_client, settings, tmp_p
     for kind in KINDS:
         key = _key(files[kind])
         keys = list_keys(s3_client, settings.bucket, layout.instance_prefix(key))
-        assert sorted(keys) == sorted([layout.metadata(key), layout.index(key)])  # no frames
         raw = s3_client.get_object(Bucket=settings.bucket, Key=layout.index(key))["Body"].read()
         index = InstanceIndex.from_json(raw)
+        assert sorted(keys) == sorted([layout.metadata_of(index), layout.index(key)])  # no frames
         assert index.number_of_frames == 0 and index.frames == ()
         assert index.media_type == "" and index.transfer_syntax_uid == "1.2.840.10008.1.2.1"
-        body = json.loads(
-            s3_client.get_object(Bucket=settings.bucket, Key=layout.metadata(key))["Body"].read()
-        )
+        metadata = s3_client.get_object(Bucket=settings.bucket, Key=layout.metadata_of(index))
+        body = json.loads(metadata["Body"].read())
         assert "7FE00010" not in body and "00280008" not in body
         assert body["00080018"]["Value"] == [key.instance]
         if kind == "sr":

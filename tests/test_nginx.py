@@ -92,7 +92,7 @@ def unknown_uid(uid: str) -> str:
 
 
 def delete_frame_object(settings: Settings, inst: Expected, number: int) -> None:
-    key = KeyLayout(settings.prefix).frame(inst.index.key, number)
+    key = KeyLayout(settings.prefix).frame_of(inst.index, number)
     make_client(settings).delete_object(Bucket=settings.bucket, Key=key)
 
 
@@ -266,6 +266,21 @@ def test_frame_list_through_nginx(
     assert all(h["Content-Location"].startswith(stream_nginx.base) for h, _ in parts)
 
 
+def test_huge_request_heads_stop_at_nginx(
+    http: httpx.Client, stream_nginx: RunningNginx, instance: Expected
+) -> None:
+    """nginx's header limit sits below the origin's: a huge header never reaches it."""
+    url = stream_nginx.frames_url(instance, "1")
+    fits = http.get(url, headers={"Accept": SINGLE, "X-Padding": "p" * 12000})
+    assert fits.status_code == 200 and fits.content == instance.frames[0]
+    too_long_a_line = http.get(url, headers={"Accept": SINGLE, "X-Padding": "p" * 20000})
+    assert too_long_a_line.status_code == 400  # nginx's own refusal, not the origin's 431
+    assert "Too Large" in too_long_a_line.text
+    padding = {f"X-Padding-{n}": "p" * 15000 for n in range(4)}  # each line fits, not all
+    too_many = http.get(url, headers={"Accept": SINGLE, **padding})
+    assert too_many.status_code == 400 and "Too Large" in too_many.text
+
+
 def test_concurrent_cold_requests_make_one_origin_fetch(
     stream_nginx: RunningNginx, instance: Expected
 ) -> None:
@@ -403,7 +418,7 @@ def test_origin_errors_pass_through_unchanged(
 def test_internal_accel_location_is_not_reachable_from_outside(
     http: httpx.Client, stream_nginx: RunningNginx, module_settings: Settings, instance: Expected
 ) -> None:
-    key = KeyLayout(module_settings.prefix).frame(instance.index.key, 1)
+    key = KeyLayout(module_settings.prefix).frame_of(instance.index, 1)
     response = http.get(f"{stream_nginx.base}/_framecdn_s3/{module_settings.bucket}/{key}")
     assert response.status_code == 404
     assert response.content != instance.frames[0]

@@ -138,7 +138,7 @@ def test_half_evicted_instance(module_settings: Settings, tmp_path, s3_client) -
     layout = KeyLayout(module_settings.prefix)
     with run_origin(module_settings) as served, httpx.Client(timeout=30) as http:
         assert http.get(frames_url(served.root, inst, "1,2,3,4")).status_code == 200  # index cached
-        s3_client.delete_object(Bucket=module_settings.bucket, Key=layout.frame(inst.index.key, 3))
+        s3_client.delete_object(Bucket=module_settings.bucket, Key=layout.frame_of(inst.index, 3))
         # A list whose third part is gone: the body is cut, never completed.
         with pytest.raises(httpx.RemoteProtocolError):  # the transport sees a short body
             http.get(frames_url(served.root, inst, "1,2,3,4"))

@@ -96,7 +96,7 @@ def test_expires_at_follows_aws_rounding_and_filters():
 def test_incomplete_instances_are_counted(s3_client, settings, tmp_path):
     layout = KeyLayout(settings.prefix)
     index = ingest(tmp_path, settings, 3)
-    s3_client.delete_object(Bucket=settings.bucket, Key=layout.frame(index.key, 3))
+    s3_client.delete_object(Bucket=settings.bucket, Key=layout.frame_of(index, 3))
     [found] = stats.collect(Bucket(s3_client, settings.bucket), layout)
     assert "incomplete instances" in render(found)
     assert found.incomplete_instances == 1

@@ -104,7 +104,7 @@ def test_least_recently_accessed_go_first_and_pinned_stay(s3_client, bucket, set
 def test_half_evicted_instances_and_dead_ingests_are_cleaned(s3_client, bucket, settings, studies):
     layout = KeyLayout(settings.prefix)
     half = studies["A"].key
-    s3_client.delete_object(Bucket=settings.bucket, Key=layout.frame(half, 2))
+    s3_client.delete_object(Bucket=settings.bucket, Key=layout.frame_of(studies["A"], 2))
     dead = studies["B"].key
     s3_client.delete_object(Bucket=settings.bucket, Key=layout.index(dead))
     running = studies["C"].key
@@ -120,6 +120,29 @@ def test_half_evicted_instances_and_dead_ingests_are_cleaned(s3_client, bucket, 
     assert sorted(old.orphans, key=lambda k: k.study) == [dead, running]
     assert list_keys(s3_client, settings.bucket, layout.instance_prefix(dead)) == []
     assert stored_studies(s3_client, settings) == {"D"}
+
+
+def test_old_generations_of_whole_instances_go_after_the_grace(
+    s3_client, bucket, settings, studies
+):
+    """A generation the index does not name (a replacement that died) is removed once old."""
+    layout = KeyLayout(settings.prefix)
+    index = studies["A"]
+    dead = "dead" * 8
+    for number in (1, 2):
+        s3_client.put_object(
+            Bucket=settings.bucket, Key=layout.frame(index.key, number, generation=dead), Body=b"x"
+        )
+    leftover = layout.generation_prefix(index.key, dead)
+    young = sweep(bucket, layout)
+    assert young.leftovers == []
+    assert len(list_keys(s3_client, settings.bucket, leftover)) == 2
+
+    old = sweep(bucket, layout, orphan_grace=timedelta(0), now=time.time() + 5)
+    assert old.leftovers == [index.key] and old.repaired == [] and old.orphans == []
+    assert list_keys(s3_client, settings.bucket, leftover) == []
+    committed = list_keys(s3_client, settings.bucket, layout.instance_prefix(index.key))
+    assert len(committed) == 3 + 2  # its frames, metadata and index are untouched
 
 
 def test_stale_markers_are_dropped(s3_client, bucket, settings, studies):
@@ -151,7 +174,7 @@ def test_refresh_is_refused_on_seaweedfs_unless_forced(s3_client, bucket, settin
         assert head["LastModified"] > before[key]
         tags = s3_client.get_object_tagging(Bucket=settings.bucket, Key=key)["TagSet"]
         assert {"Key": RETENTION_TAG, "Value": "cache"} in tags
-    frame = s3_client.head_object(Bucket=settings.bucket, Key=layout.frame(studies["A"].key, 1))
+    frame = s3_client.head_object(Bucket=settings.bucket, Key=layout.frame_of(studies["A"], 1))
     assert frame["ContentType"].startswith(studies["A"].media_type)
 
 

@@ -31,8 +31,10 @@ COMMANDS = [
     "framecdn.cli.lifecycle",
     "framecdn.cli.eviction",
     "framecdn.cli.stats",
+    "framecdn.cli.verify",
     "framecdn.cli.follow_orthanc",
     "framecdn.cli.api_key",
+    "framecdn.cli.fill",
 ]
 
 #: Said at the end of every ``--help``: where storage and credentials come from.

@@ -166,6 +166,7 @@ def _run_origin(
     import uvicorn
 
     from framecdn.origin.app import create_app
+    from framecdn.origin.limits import http_protocol
 
     base = f"http://127.0.0.1:{settings.port}{settings.root_path}"
     instance = (
@@ -174,7 +175,11 @@ def _run_origin(
     )
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"
+            create_app(settings),
+            host="127.0.0.1",
+            port=settings.port,
+            log_level="warning",
+            http=http_protocol(settings),
         )
     )
     threading.Thread(

@@ -144,7 +144,8 @@ def sweep_summary(report: SweepReport) -> str:
         f"{verb} {studies} (least recently used first): "
         + (", ".join(c.study for c in report.evicted) or "none"),
         f"half-evicted instances cleaned: {len(report.repaired)}; "
-        f"orphans: {len(report.orphans)}; stale access markers: {len(report.markers_removed)}",
+        f"orphans: {len(report.orphans)}; old generations: {len(report.leftovers)}; "
+        f"stale access markers: {len(report.markers_removed)}",
     ]
     if report.refreshed or report.refresh_note:
         refreshed = count(len(report.refreshed), "study", "studies")

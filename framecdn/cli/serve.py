@@ -1,18 +1,38 @@
-"""``framecdn serve``: run the origin with uvicorn (an app factory, so workers > 1 work)."""
+"""``framecdn serve``: run the origin with uvicorn (an app factory, so workers > 1 work).
+
+With an upstream (``FRAMECDN_UPSTREAM_URL``) and no fill service named
+(``FRAMECDN_FILL_URL``), it also starts ``framecdn fill`` on a free loopback port as a
+child process, tells its workers where it is, and stops it on the way out: the origin's
+misses are filled without anything else to run. The origin never imports the ingest
+side; the fill service is a process of its own.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import importlib.util
+import logging
 import os
-from collections.abc import MutableMapping
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, MutableMapping
+
+import httpx
 
 from framecdn.cli import add_storage_flags, setting_help, settings_from_args
 from framecdn.cli.stopping import stop_on_signals
+from framecdn.errors import FramecdnError
 from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import DELIVERY_MODES, ENVIRONMENT, Settings
+from framecdn.framestore.upstream_auth import upstream_authorization
 from framecdn.origin.auth import AccessControl
+
+log = logging.getLogger("framecdn.serve")
+#: Seconds the fill service may take to start.
+FILL_START_SECONDS = 30.0
 
 APP_FACTORY = "framecdn.origin.app:create_app_from_env"
 
@@ -60,26 +80,82 @@ def export_settings(settings: Settings, environ: MutableMapping[str, str]) -> No
         environ[variable] = ",".join(value) if isinstance(value, tuple) else str(value)
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
+def _free_port() -> int:
+    import socket
 
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def fill_service(settings: Settings) -> Iterator[str | None]:
+    """The fill service's URL: the configured one, or a child ``framecdn fill`` started
+    here when an upstream is set (None without an upstream)."""
+    if not settings.upstream_url or settings.fill_url:
+        yield settings.fill_url
+        return
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "framecdn", "fill", "--host", "127.0.0.1",
+               "--port", str(port)]
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + FILL_START_SECONDS
+        while True:
+            if child.poll() is not None:
+                raise FramecdnError(f"the fill service exited at start ({child.returncode})")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise FramecdnError(f"the fill service did not answer on {url}")
+            time.sleep(0.1)
+        log.info("fill service started on %s (pid %d)", url, child.pid)
+        yield url
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(10)
+
+
+def run(args: argparse.Namespace) -> int:
     stop_on_signals()
     settings = settings_from_args(args, *FLAG_SETTINGS)
+    upstream_authorization(settings)  # unreadable upstream credentials: say so now
     Bucket.from_settings(settings).check()  # a wrong secret or bucket: say so now, exit 1
     AccessControl(settings)  # an unreadable API keys or JWKS file: say so now, not per worker
     export_settings(settings, os.environ)
-    # uvicorn shuts down on the signal, then re-raises it for us: a clean stop.
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(
-            APP_FACTORY,
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-            http="httptools" if importlib.util.find_spec("httptools") else "h11",
-            access_log=False,  # framecdn.access logs one JSON line per request instead
-            proxy_headers=True,
-            timeout_keep_alive=30,
-        )
+    # uvicorn shuts down on a signal, then re-raises it for us: a clean stop (a signal may
+    # also come while the fill service starts).
+    with contextlib.suppress(KeyboardInterrupt), fill_service(settings) as fill_url:
+        if fill_url:
+            os.environ["FRAMECDN_FILL_URL"] = fill_url
+        _serve(settings)
     return 0
+
+
+def _serve(settings: Settings) -> None:
+    """uvicorn until a signal (it shuts down, then re-raises KeyboardInterrupt: a clean stop)."""
+    import uvicorn
+
+    from framecdn.origin.limits import http_protocol
+
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http=http_protocol(settings),  # httptools, with bounded request heads (431)
+        access_log=False,  # framecdn.access logs one JSON line per request instead
+        proxy_headers=True,
+        timeout_keep_alive=30,
+    )

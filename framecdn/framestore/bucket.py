@@ -1,4 +1,5 @@
-"""The write side's one view of the bucket: list, get, put, batched delete, tags, rules.
+"""The write side's one view of the bucket: list, get, put (whole or in parts), batched delete,
+tags, rules.
 
 Ingest, maintenance and the followers go through :class:`Bucket` instead of calling
 boto3 directly, so that
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import hashlib
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +45,9 @@ T = TypeVar("T")
 
 #: DeleteObjects takes at most this many keys per call.
 DELETE_BATCH = 1000
+#: S3's multipart limits: every part but the last at least 5 MiB, at most 10,000 parts.
+MIN_PART_BYTES = 5 * 1024 * 1024
+MAX_PARTS = 10_000
 
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _CREDENTIAL_CODES = frozenset(
@@ -60,6 +66,71 @@ class StoredObject:
 
 class DeleteRefused(StoreError):
     """The store refused to delete some of the keys it was asked to delete."""
+
+
+class MultipartUpload:
+    """One object written in parts (S3 multipart upload), each with a SHA-256 the store checks.
+
+    Parts may be uploaded from several threads at once; :meth:`complete` joins them in
+    part-number order, :meth:`abort` throws them away (the caller aborts on any failure,
+    so no half upload is left behind to cost storage; a lifecycle rule also aborts
+    incomplete uploads after a day, see ``maintenance.lifecycle``).
+    """
+
+    def __init__(self, bucket: Bucket, key: str, upload_id: str) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.upload_id = upload_id
+        self._parts: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def upload_part(self, number: int, body: bytes) -> str:
+        """Upload part ``number`` (1-based); returns its SHA-256 (hex)."""
+        digest = hashlib.sha256(body).digest()
+        checksum = base64.b64encode(digest).decode()
+        answer = self.bucket._call(
+            f"PUT part {number} of {self.key}",
+            lambda: self.bucket.client.upload_part(
+                Bucket=self.bucket.name,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=body,
+                ChecksumSHA256=checksum,
+            ),
+        )
+        with self._lock:
+            self._parts[number] = {
+                "PartNumber": number,
+                "ETag": answer["ETag"],
+                "ChecksumSHA256": checksum,
+            }
+        return digest.hex()
+
+    def complete(self) -> None:
+        """Join the parts into the object (it appears only now)."""
+        with self._lock:
+            parts = [self._parts[number] for number in sorted(self._parts)]
+        self.bucket._call(
+            f"complete multipart upload of {self.key}",
+            lambda: self.bucket.client.complete_multipart_upload(
+                Bucket=self.bucket.name,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": parts},
+            ),
+        )
+
+    def abort(self) -> None:
+        """Throw the uploaded parts away (a missing upload is not an error)."""
+        with contextlib.suppress(ObjectMissing):
+            self.bucket._call(
+                f"abort multipart upload of {self.key}",
+                lambda: self.bucket.client.abort_multipart_upload(
+                    Bucket=self.bucket.name, Key=self.key, UploadId=self.upload_id
+                ),
+                self.key,
+            )
 
 
 class Bucket:
@@ -156,6 +227,23 @@ class Bucket:
 
         return self._call(f"GET {key}", read, key)
 
+    def chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The object's bytes, read in chunks (a large frame is never whole in memory);
+        ObjectMissing if there is no such key, StoreError if reading fails midway."""
+        what = f"GET {key}"
+        body = self._call(
+            what, lambda: self.client.get_object(Bucket=self.name, Key=key)["Body"], key
+        )
+        try:
+            pieces = body.iter_chunks(chunk_size)
+            while True:
+                chunk = self._call(what, lambda: next(pieces, None), key)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            body.close()
+
     def get_or_none(self, key: str) -> bytes | None:
         """The object, or None when (and only when) the store says there is no such key."""
         try:
@@ -203,6 +291,27 @@ class Bucket:
             arguments["Tagging"] = tagging(retention)
         self._call(f"PUT {key}", lambda: self.client.put_object(**arguments))
         return digest.hex()
+
+    def start_multipart(
+        self, key: str, content_type: str, *, retention: str | None = CACHE
+    ) -> MultipartUpload:
+        """Begin writing ``key`` in parts (for objects too large to hold in memory).
+
+        The object gets the same Content-Type and retention tag as :meth:`put` gives it.
+        """
+        arguments: dict[str, Any] = {
+            "Bucket": self.name,
+            "Key": key,
+            "ContentType": content_type,
+            "ChecksumAlgorithm": "SHA256",
+        }
+        if retention is not None:
+            arguments["Tagging"] = tagging(retention)
+        answer = self._call(
+            f"start multipart upload of {key}",
+            lambda: self.client.create_multipart_upload(**arguments),
+        )
+        return MultipartUpload(self, key, answer["UploadId"])
 
     def delete(self, keys: Sequence[str], *, batch_size: int = DELETE_BATCH) -> int:
         """Delete ``keys`` in batches (a missing key is not an error); raise if any is refused."""

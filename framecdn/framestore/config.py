@@ -207,10 +207,6 @@ class Settings:
         "(nginx X-Accel-Redirect).",
         check=one_of(*DELIVERY_MODES),
     )
-    upstream_url: str | None = setting(
-        "FRAMECDN_UPSTREAM_URL", None, "DICOMweb root to fall back to on a miss.",
-        check=http_url, documented=False,  # nothing reads it yet (origin/upstream.py)
-    )
     cors_origins: tuple[str, ...] = setting(
         "FRAMECDN_CORS_ORIGINS", ("*",), "Comma-separated allowed origins.", check=cors_origins
     )
@@ -413,6 +409,101 @@ class Settings:
         "FRAMECDN_RATE_BURST", 200, "Requests a caller may make at once above the rate.",
         check=at_least(1),
     )
+    max_header_bytes: int = setting(
+        "FRAMECDN_MAX_HEADER_BYTES", 65536,
+        "Most bytes of one request's line and headers together; more is answered 431.",
+        check=between(4096, 16 * 1024 * 1024),
+    )
+    max_headers: int = setting(
+        "FRAMECDN_MAX_HEADERS", 100,
+        "Most header fields in one request; more are answered 431.", check=between(8, 10000),
+    )
+    qido_cache_control: str = setting(
+        "FRAMECDN_QIDO_CACHE_CONTROL", "private, max-age=10",
+        "Cache-Control of QIDO-RS search answers (kept out of shared caches: they change as "
+        "studies arrive, and with access control they differ per user).",
+    )
+    qido_study_cache_seconds: float = setting(
+        "FRAMECDN_QIDO_STUDY_CACHE_SECONDS", 30.0,
+        "Seconds a study's search record (built from the bucket) is reused by searches "
+        "without an upstream.",
+        check=at_least(0),
+    )
+    qido_max_results: int = setting(
+        "FRAMECDN_QIDO_MAX_RESULTS", 1000,
+        "Most matches one search answers from the bucket (more are announced in a Warning "
+        "header).",
+        check=at_least(1),
+    )
+    # Upstream DICOMweb (the PACS behind framecdn)
+    upstream_url: str | None = setting(
+        "FRAMECDN_UPSTREAM_URL", None,
+        "DICOMweb root of the PACS behind framecdn (e.g. `http://orthanc:8042/dicom-web`): "
+        "searches and everything the bucket lacks are proxied there, and missing instances "
+        "are filled from it. Unset: the origin answers from the bucket alone.",
+        check=http_url,
+    )
+    upstream_username: str | None = setting(
+        "FRAMECDN_UPSTREAM_USERNAME", None, "User for HTTP basic authentication at the upstream."
+    )
+    upstream_password: str | None = setting(
+        "FRAMECDN_UPSTREAM_PASSWORD", None, "Password of that upstream user.", secret=True
+    )
+    upstream_token: str | None = setting(
+        "FRAMECDN_UPSTREAM_TOKEN", None,
+        "Bearer token for the upstream (instead of a user and password).", secret=True,
+    )
+    upstream_credentials_file: str | None = setting(
+        "FRAMECDN_UPSTREAM_CREDENTIALS_FILE", None,
+        "File holding the upstream's credentials: one line `user:password` or `Bearer <token>` "
+        "(instead of the variables above).",
+    )
+    upstream_forward_auth: bool = setting(
+        "FRAMECDN_UPSTREAM_FORWARD_AUTH", False,
+        "Pass the client's own `Authorization` and `Cookie` headers to the upstream (when the "
+        "PACS authenticates each viewer user); otherwise they never leave the origin.",
+    )
+    upstream_connect_timeout: float = setting(
+        "FRAMECDN_UPSTREAM_CONNECT_TIMEOUT", 5.0,
+        "Seconds to connect to the upstream before answering 502.", check=positive,
+    )
+    upstream_read_timeout: float = setting(
+        "FRAMECDN_UPSTREAM_READ_TIMEOUT", 60.0,
+        "Seconds to wait for the upstream's answer, and then for each piece of a body, "
+        "before 504.",
+        check=positive,
+    )
+    upstream_max_connections: int = setting(
+        "FRAMECDN_UPSTREAM_MAX_CONNECTIONS", 32,
+        "Upstream connection pool size per origin process.", check=at_least(1),
+    )
+    # Read-through fill (framecdn fill)
+    fill_url: str | None = setting(
+        "FRAMECDN_FILL_URL", None,
+        "URL of the fill service (`framecdn fill`) the origin queues missing instances to; "
+        "unset with an upstream: `framecdn serve` starts one on loopback.",
+        check=http_url,
+    )
+    fill_host: str = setting(
+        "FRAMECDN_FILL_HOST", "127.0.0.1", "Bind address of `framecdn fill`.", check=non_empty
+    )
+    fill_port: int = setting(
+        "FRAMECDN_FILL_PORT", 8091, "Port of `framecdn fill`.", check=between(1, 65535)
+    )
+    fill_concurrency: int = setting(
+        "FRAMECDN_FILL_CONCURRENCY", 2,
+        "Instances the fill service downloads and ingests at once.", check=at_least(1),
+    )
+    fill_queue_size: int = setting(
+        "FRAMECDN_FILL_QUEUE_SIZE", 10000,
+        "Instances waiting for a fill at most; more are refused (and asked again later).",
+        check=at_least(1),
+    )
+    fill_nice: int = setting(
+        "FRAMECDN_FILL_NICE", 10,
+        "Scheduling niceness of the fill service (0-19): fills yield the CPU to the origin.",
+        check=between(0, 19),
+    )
     # Rendering: thumbnails and rendered frames (needs the render extra)
     render_workers: int = setting(
         "FRAMECDN_RENDER_WORKERS", 2,
@@ -448,7 +539,8 @@ class Settings:
     )
     ingest_memory_mb: int = setting(
         "FRAMECDN_INGEST_MEMORY_MB", 64,
-        "Frame bytes (MiB) ingest holds in memory at once; one frame always fits.",
+        "Frame bytes (MiB) ingest holds in memory at once; a larger frame is uploaded in "
+        "parts (S3 multipart, at least 5 MiB each), never held whole.",
         check=at_least(1),
     )
     ingest_max_inflate_ratio: int = setting(

@@ -2,6 +2,14 @@
 
 It is written last, after every frame and the metadata, so its presence is the
 commit marker: an instance without an index is not there (yet, or any more).
+
+Schema 2 (written now) names the instance's *generation*: its ``ingest_id``, under
+which the frames and metadata of this write are stored (``framestore.keys``). A
+replacement writes a new generation and swaps the index in one PUT, so readers see
+the old version or the new one, never a mix. Schema 1 indexes (written before
+generations; their objects lie directly under the instance) are still read and
+served as they are; ``framecdn verify`` reports them, and ingesting such an instance
+again writes it as schema 2 and removes the schema-1 objects after the swap.
 """
 
 from __future__ import annotations
@@ -10,9 +18,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from framecdn.framestore.keys import InstanceKey
+from framecdn.framestore.keys import InstanceKey, InvalidGeneration, validate_generation
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schemas this code reads: 1 (objects directly under the instance), 2 (under a generation).
+READABLE_SCHEMAS = frozenset({1, 2})
 
 
 class InvalidIndex(ValueError):
@@ -39,7 +49,7 @@ class SourceInfo:
 
 @dataclass(frozen=True, slots=True)
 class InstanceIndex:
-    """Schema of ``index.json`` (version 1)."""
+    """Schema of ``index.json`` (version 2; version 1 is read too)."""
 
     study_instance_uid: str
     series_instance_uid: str
@@ -59,7 +69,7 @@ class InstanceIndex:
     metadata_sha256: str
     source: SourceInfo
     ingested_at: str
-    #: Unique per write of the instance: tells a re-ingested instance from the old one.
+    #: Unique per write of the instance; in schema 2 also its generation (key segment).
     ingest_id: str = ""
     schema: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -71,8 +81,13 @@ class InstanceIndex:
         )
 
     @property
-    def generation(self) -> str:
-        """Identity of this write of the instance (same UIDs, new ingest: new generation)."""
+    def generation(self) -> str | None:
+        """Where this write's frames and metadata are stored (None: schema-1 layout)."""
+        return self.ingest_id if self.schema >= 2 else None
+
+    @property
+    def identity(self) -> str:
+        """This write of the instance, whatever the schema (same UIDs, new ingest: new)."""
         return f"{self.ingested_at}/{self.ingest_id}"
 
     @property
@@ -94,13 +109,17 @@ class InstanceIndex:
     def from_json(cls, raw: bytes | str) -> InstanceIndex:
         try:
             data = json.loads(raw)
-            if data.get("schema") != SCHEMA_VERSION:
+            if data.get("schema") not in READABLE_SCHEMAS:
                 raise InvalidIndex(f"unknown index schema {data.get('schema')!r}")
+            if data["schema"] >= 2:
+                validate_generation(data.get("ingest_id"))
             data["frames"] = tuple(FrameEntry(int(s), str(h)) for s, h in data["frames"])
             data["source"] = SourceInfo(**data["source"])
             index = cls(**data)
         except InvalidIndex:
             raise
+        except InvalidGeneration as exc:
+            raise InvalidIndex(f"index.json names no valid generation: {exc}") from exc
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise InvalidIndex(f"malformed index.json: {exc}") from exc
         if len(index.frames) != index.number_of_frames:

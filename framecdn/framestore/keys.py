@@ -2,25 +2,35 @@
 
 ::
 
-    {prefix}studies/{S}/series/{Se}/instances/{I}/frames/{n}   raw frame n (1-based)
-    {prefix}studies/{S}/series/{Se}/instances/{I}/metadata     DICOM JSON of the instance
-    {prefix}studies/{S}/series/{Se}/instances/{I}/index.json   written last: the commit marker
-    {prefix}studies/{S}/series/{Se}/instances/{I}/rendered/{n}/{name}   frame n as JPEG/PNG
-    {prefix}access/studies/{S}                                  the study's last-access marker
+    {prefix}studies/{S}/series/{Se}/instances/{I}/{G}/frames/{n}   raw frame n (1-based)
+    {prefix}studies/{S}/series/{Se}/instances/{I}/{G}/metadata     DICOM JSON of the instance
+    {prefix}studies/{S}/series/{Se}/instances/{I}/index.json       the commit marker, naming G
+    {prefix}studies/{S}/series/{Se}/instances/{I}/{G}/rendered/{n}/{name}   frame n as JPEG/PNG
+    {prefix}access/studies/{S}                                      the study's last-access marker
 
-Nothing else in framecdn builds or parses keys by hand.
+``{G}`` is the *generation*: one write of the instance (the ingest id of its index,
+lower-case hex). A replacement writes a new generation beside the committed one and
+swaps ``index.json`` last, so the old version is served until the new one commits.
+Instances written before generations (index schema 1) keep their frames and metadata
+directly under the instance; their generation is ``None`` here and they read as before.
+
+Nothing else in framecdn builds or parses keys by hand: keys of frames and metadata
+come from a layout and an index (:meth:`KeyLayout.frame_of`), or, while an instance is
+being written, from its generation (:meth:`KeyLayout.frame`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from framecdn.errors import ConfigError, UsageError
 
-_LENIENT_UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9._\-/]*$")
+#: Patterns are matched whole (``fullmatch``): ``$`` would let a trailing newline through.
+_LENIENT_UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9._\-/]*")
+_GENERATION_PATTERN = re.compile(r"[0-9a-f]{16,64}")
 
 
 class InvalidUID(UsageError, ValueError):
@@ -30,6 +40,9 @@ class InvalidUID(UsageError, ValueError):
 class InvalidPrefix(ConfigError, ValueError):
     """A key prefix framecdn refuses (it could reach outside its own tree)."""
 
+
+class InvalidGeneration(ValueError):
+    """A generation name that must not become part of an object key."""
 
 
 def validate_uid(uid: str, *, what: str = "UID") -> str:
@@ -43,7 +56,7 @@ def validate_uid(uid: str, *, what: str = "UID") -> str:
         raise InvalidUID(f"{what} is missing")
     if len(uid) > 64:
         raise InvalidUID(f"{what} {uid[:70]!r} is longer than 64 characters")
-    if not _LENIENT_UID_PATTERN.match(uid):
+    if not _LENIENT_UID_PATTERN.fullmatch(uid):
         raise InvalidUID(f"{what} {uid!r} is not digits and dots")
     return uid
 
@@ -57,10 +70,17 @@ def is_valid_uid(uid: str) -> bool:
     return True
 
 
+def validate_generation(generation: str) -> str:
+    """Return ``generation`` if it is 16 to 64 lower-case hex digits; raise otherwise."""
+    if not isinstance(generation, str) or not _GENERATION_PATTERN.fullmatch(generation):
+        raise InvalidGeneration(f"generation {str(generation)[:70]!r} is not 16-64 hex digits")
+    return generation
+
+
 def normalize_prefix(prefix: str | None) -> str:
     """A key prefix is empty or ends with exactly one ``/`` (``clinic-a`` -> ``clinic-a/``)."""
     prefix = (prefix or "").strip("/")
-    if not _PREFIX_PATTERN.match(prefix) or ".." in prefix.split("/"):
+    if not _PREFIX_PATTERN.fullmatch(prefix) or ".." in prefix.split("/"):
         raise InvalidPrefix(f"prefix {prefix!r} may hold only letters, digits, '.', '_', '-', '/'")
     return f"{prefix}/" if prefix else ""
 
@@ -77,6 +97,16 @@ class InstanceKey:
         validate_uid(self.study, what="StudyInstanceUID")
         validate_uid(self.series, what="SeriesInstanceUID")
         validate_uid(self.instance, what="SOPInstanceUID")
+
+
+class StoredGeneration(Protocol):
+    """What names one committed write of an instance: an index (see framestore.index)."""
+
+    @property
+    def key(self) -> InstanceKey: ...
+
+    @property
+    def generation(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,28 +128,58 @@ class KeyLayout:
     def instance_prefix(self, key: InstanceKey) -> str:
         return f"{self.prefix}studies/{key.study}/series/{key.series}/instances/{key.instance}/"
 
-    def frame(self, key: InstanceKey, number: int) -> str:
+    def generation_prefix(self, key: InstanceKey, generation: str | None) -> str:
+        """Where one generation of the instance keeps its frames and metadata.
+
+        ``None`` is the layout of schema-1 instances: directly under the instance.
+        """
+        if generation is None:
+            return self.instance_prefix(key)
+        return f"{self.instance_prefix(key)}{validate_generation(generation)}/"
+
+    def frame(self, key: InstanceKey, number: int, *, generation: str | None) -> str:
+        """Frame ``number`` (1-based) of one generation of the instance."""
         if number < 1:
             raise ValueError(f"frame numbers are 1-based, got {number}")
-        return f"{self.instance_prefix(key)}frames/{number}"
+        return f"{self.generation_prefix(key, generation)}frames/{number}"
 
-    def metadata(self, key: InstanceKey) -> str:
-        return f"{self.instance_prefix(key)}metadata"
+    def metadata(self, key: InstanceKey, *, generation: str | None) -> str:
+        """The DICOM JSON of one generation of the instance."""
+        return f"{self.generation_prefix(key, generation)}metadata"
 
-    def index(self, key: InstanceKey) -> str:
-        return f"{self.instance_prefix(key)}index.json"
+    def frame_of(self, index: StoredGeneration, number: int) -> str:
+        """Frame ``number`` of the generation an index names."""
+        return self.frame(index.key, number, generation=index.generation)
 
-    def rendition(self, key: InstanceKey, number: int, name: str) -> str:
-        """Frame ``number`` rendered as image ``name`` (the origin makes it once, on demand;
-        it goes with its instance: eviction, expiry and pinning treat it like a frame)."""
+    def metadata_of(self, index: StoredGeneration) -> str:
+        """The DICOM JSON of the generation an index names."""
+        return self.metadata(index.key, generation=index.generation)
+
+    def rendition_of(self, index: StoredGeneration, number: int, name: str) -> str:
+        """Frame ``number`` of the generation an index names, rendered as image ``name``.
+
+        The origin makes it on demand; it lives with its generation, so eviction, expiry,
+        pinning and the removal of leftover generations treat it like a frame.
+        """
         if number < 1:
             raise ValueError(f"frame numbers are 1-based, got {number}")
         if not _RENDITION_NAME.fullmatch(name):
             raise ValueError(f"rendition name {name!r} is not key-safe")
-        return f"{self.instance_prefix(key)}rendered/{number}/{name}"
+        return f"{self.generation_prefix(index.key, index.generation)}rendered/{number}/{name}"
+
+    def index(self, key: InstanceKey) -> str:
+        """The commit marker: one per instance, naming its current generation."""
+        return f"{self.instance_prefix(key)}index.json"
 
     def all_studies(self) -> str:
         return f"{self.prefix}studies/"
+
+    def parse_study_prefix(self, listed: str) -> str | None:
+        """The study of a "folder" listed under :meth:`all_studies`, or None."""
+        if not listed.startswith(self.all_studies()) or not listed.endswith("/"):
+            return None
+        study = listed[len(self.all_studies()) : -1]
+        return study if is_valid_uid(study) else None
 
     def access_prefix(self) -> str:
         """Where the origin leaves one last-access marker per study."""
@@ -153,26 +213,32 @@ _FEED_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _RENDITION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 Part = Literal["frame", "metadata", "index", "rendition"]
 _OBJECT_KEY = re.compile(
-    r"^(?P<prefix>(?:[^/]+/)*?)studies/(?P<study>[0-9.]+)/series/(?P<series>[0-9.]+)"
+    r"(?P<prefix>(?:[^/]+/)*?)studies/(?P<study>[0-9.]+)/series/(?P<series>[0-9.]+)"
     r"/instances/(?P<instance>[0-9.]+)/"
-    r"(?:frames/(?P<frame>[1-9][0-9]*)|(?P<part>metadata|index\.json)"
-    r"|rendered/[1-9][0-9]*/(?P<rendition>[A-Za-z0-9][A-Za-z0-9._-]{0,199}))$"
+    r"(?:(?P<index>index\.json)"
+    r"|(?:(?P<generation>[0-9a-f]{16,64})/)?(?:frames/(?P<frame>[1-9][0-9]*)|metadata"
+    r"|rendered/[1-9][0-9]*/(?P<rendition>[A-Za-z0-9][A-Za-z0-9._-]{0,199})))"
 )
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedKey:
-    """What a listed object key is: whose instance, under which prefix, and which part."""
+    """What a listed object key is: whose instance, under which prefix, and which part.
+
+    ``generation`` is the write a frame or metadata object belongs to (None: the
+    schema-1 layout, or the index, which belongs to the instance).
+    """
 
     prefix: str
     instance: InstanceKey
     part: Part
     frame: int | None = None
+    generation: str | None = None
 
 
 def parse_object_key(object_key: str) -> ParsedKey | None:
     """Read a key of an instance's object back, under any prefix; None for any other key."""
-    match = _OBJECT_KEY.match(object_key)
+    match = _OBJECT_KEY.fullmatch(object_key)
     if match is None:
         return None
     try:
@@ -182,11 +248,14 @@ def parse_object_key(object_key: str) -> ParsedKey | None:
         return None
     if prefix != match["prefix"]:
         return None
+    if match["index"] is not None:
+        return ParsedKey(prefix, instance, "index")
+    generation = match["generation"]
     if match["frame"] is not None:
-        return ParsedKey(prefix, instance, "frame", int(match["frame"]))
+        return ParsedKey(prefix, instance, "frame", int(match["frame"]), generation)
     if match["rendition"] is not None:
-        return ParsedKey(prefix, instance, "rendition")
-    return ParsedKey(prefix, instance, "metadata" if match["part"] == "metadata" else "index")
+        return ParsedKey(prefix, instance, "rendition", None, generation)
+    return ParsedKey(prefix, instance, "metadata", None, generation)
 
 
 def is_index_key(object_key: str) -> bool:

@@ -1,10 +1,18 @@
 """Ingest: split each DICOM instance into frame objects, then metadata, then the index.
 
-The index is written last and is the commit marker: until it exists the origin
-treats the instance as absent, so a crash or Ctrl-C never exposes half an
-instance, and running ingest again completes it. A failed instance's objects are
-removed. Frames are uploaded in parallel, with a global bound on the frames held
-in memory, so memory does not grow with instance size.
+Each write of an instance is a new *generation* (``framestore.keys``): its frames and
+metadata go under a generation of their own, and the index, written last in one PUT,
+names it. The index is the commit marker: until it exists (or while it still names the
+old generation) the origin serves what was there before, so a crash, a Ctrl-C or a
+store that dies never exposes half an instance, a replacement that dies leaves the
+old version served, and running ingest again completes it. Only after the swap are
+the old generation's objects removed; a failed write removes its own generation and
+nothing else.
+
+Frames are uploaded in parallel, with a global bound on the frame bytes held in
+memory (``FRAMECDN_INGEST_MEMORY_MB``). A frame larger than that bound is never held
+whole: it is read in parts and written with an S3 multipart upload, its SHA-256
+computed on the way.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -24,13 +33,19 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from framecdn.errors import FramecdnError, StoreError
-from framecdn.framestore.bucket import Bucket
+from framecdn.framestore.bucket import MAX_PARTS, MIN_PART_BYTES, Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import FrameEntry, InstanceIndex, InvalidIndex, SourceInfo
-from framecdn.framestore.keys import InstanceKey, InvalidUID, KeyLayout
+from framecdn.framestore.keys import InstanceKey, InvalidUID, KeyLayout, parse_object_key
 from framecdn.framestore.transfer_syntax import content_type
 from framecdn.ingest import metadata
-from framecdn.ingest.splitter import InflateLimits, InvalidInstance, SplitInstance, open_instance
+from framecdn.ingest.splitter import (
+    FrameReader,
+    InflateLimits,
+    InvalidInstance,
+    SplitInstance,
+    open_instance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +116,11 @@ def source_fingerprint(path: Path) -> str:
 
 
 class ByteBudget:
-    """Blocks the reader while the frames waiting for upload exceed a byte budget.
+    """Blocks the reader while the frame bytes waiting for upload exceed a byte budget.
 
-    One frame is always let through, so a frame larger than the budget still
-    goes (alone). This, not the worker count, bounds ingest memory.
+    Whatever is asked for when nothing is held is let through, so a piece larger than
+    the budget still goes (alone); ingest asks for whole frames up to the budget and
+    for parts of larger ones. This, not the worker count, bounds ingest memory.
     """
 
     def __init__(self, limit: int) -> None:
@@ -144,6 +160,8 @@ class Ingestor:
         )
         # Frame bytes held in memory at once, across all files of the run.
         self._budget = ByteBudget(settings.ingest_memory_mb * 1024 * 1024)
+        # Frames larger than the budget go in parts: a few in flight within the budget.
+        self._part_size = max(MIN_PART_BYTES, self._budget.limit // 4)
         self._inflate_limits = InflateLimits(
             max_ratio=settings.ingest_max_inflate_ratio,
             max_bytes=settings.ingest_max_inflated_mb * 1024 * 1024,
@@ -222,28 +240,33 @@ class Ingestor:
             ):
                 return stored, True
             if stored is not None:
+                # The stored version stays served until this write commits.
                 log.warning("%s: replacing stored instance %s", label, key.instance)
-                self.bucket.delete([self.layout.index(key)])
             source_info = SourceInfo(
                 name=path.name if path is not None else label,
                 size=size,
                 transfer_syntax_uid=split.source_transfer_syntax_uid,
                 fingerprint=fingerprint,
             )
+            generation = uuid.uuid4().hex
             try:
-                return self._write_instance(split, key, source_info, on_frame), False
+                index = self._write_instance(split, key, generation, source_info, on_frame)
             except BaseException:
-                self._discard(key)
+                self._discard(key, generation)
                 raise
+            if stored is not None and stored.generation != generation:
+                self._remove_generation(key, stored.generation)
+            return index, False
 
     def _write_instance(
         self,
         split: SplitInstance,
         key: InstanceKey,
+        generation: str,
         source: SourceInfo,
         on_frame: Callable[[int], None] | None,
     ) -> InstanceIndex:
-        frames = self._upload_frames(split, key, on_frame)
+        frames = self._upload_frames(split, key, generation, on_frame)
         body = metadata.encode(
             metadata.instance_json(
                 split.dataset,
@@ -252,7 +275,9 @@ class Ingestor:
                 number_of_frames=split.number_of_frames,
             )
         )
-        self._put(self.layout.metadata(key), body, "application/dicom+json")
+        self._put(
+            self.layout.metadata(key, generation=generation), body, "application/dicom+json"
+        )
         ds = split.dataset
         index = InstanceIndex(
             study_instance_uid=key.study,
@@ -273,9 +298,9 @@ class Ingestor:
             metadata_sha256=hashlib.sha256(body).hexdigest(),
             source=source,
             ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            ingest_id=uuid.uuid4().hex,
+            ingest_id=generation,
         )
-        # The commit marker: only now does the instance become visible.
+        # The commit marker, in one PUT: only now is this generation the one served.
         self._put(self.layout.index(key), index.to_json(), "application/json")
         return index
 
@@ -283,6 +308,7 @@ class Ingestor:
         self,
         split: SplitInstance,
         key: InstanceKey,
+        generation: str,
         on_frame: Callable[[int], None] | None,
     ) -> list[FrameEntry]:
         media = content_type(split.media_type, split.transfer_syntax_uid)
@@ -300,16 +326,25 @@ class Ingestor:
             return settle
 
         try:
-            for number, frame in enumerate(split.frames(), start=1):
+            for reader in split.frame_readers():
                 if self._cancelled.is_set():
                     raise IngestCancelled()
                 if failed.is_set():
                     break
-                self._budget.acquire(len(frame))
-                future = self._uploads.submit(
-                    self._put, self.layout.frame(key, number), frame, media
-                )
-                future.add_done_callback(settled(len(frame)))
+                object_key = self.layout.frame(key, reader.number, generation=generation)
+                if reader.size > self._budget.limit:
+                    # Never whole in memory: in parts, waiting here until it is stored.
+                    entry = self._put_in_parts(object_key, reader, media, on_frame)
+                    futures.append(_settled_future(entry))
+                    continue
+                self._budget.acquire(reader.size)  # before the frame is read into memory
+                try:
+                    frame = reader.read()
+                except BaseException:
+                    self._budget.release(reader.size)
+                    raise
+                future = self._uploads.submit(self._put, object_key, frame, media)
+                future.add_done_callback(settled(reader.size))
                 futures.append(future)
                 del frame
         except BaseException:
@@ -321,6 +356,77 @@ class Ingestor:
         if len(entries) != split.number_of_frames:
             raise IngestError(f"expected {split.number_of_frames} frames, split {len(entries)}")
         return entries
+
+    def _put_in_parts(
+        self,
+        object_key: str,
+        reader: FrameReader,
+        media_type: str,
+        on_frame: Callable[[int], None] | None,
+    ) -> FrameEntry:
+        """Write one large frame with a multipart upload, a few parts in flight at a time.
+
+        Each part is read only once the budget has room for it and is dropped once
+        uploaded; the frame's SHA-256 is computed as the parts go by. Any failure (or a
+        cancel) aborts the upload, so no part is left behind.
+        """
+        part_size = max(self._part_size, math.ceil(reader.size / MAX_PARTS))
+        upload = self.bucket.start_multipart(object_key, media_type)
+        digest = hashlib.sha256()
+        futures: list[Future[str]] = []
+        failed = threading.Event()
+
+        def settled(size: int) -> Callable[[Future[str]], None]:
+            def settle(future: Future[str]) -> None:
+                self._budget.release(size)
+                if future.cancelled() or future.exception() is not None:
+                    failed.set()
+                elif on_frame is not None:
+                    on_frame(size)
+
+            return settle
+
+        try:
+            chunks = reader.chunks(part_size)
+            remaining = reader.size
+            number = 0
+            while remaining > 0:
+                if self._cancelled.is_set():
+                    raise IngestCancelled()
+                if failed.is_set():
+                    break
+                size = min(part_size, remaining)
+                self._budget.acquire(size)
+                try:
+                    part = next(chunks)
+                except BaseException:
+                    self._budget.release(size)
+                    raise
+                if len(part) != size:
+                    self._budget.release(size)
+                    raise IngestError(f"frame {reader.number}: read {len(part)} of {size} bytes")
+                digest.update(part)
+                number += 1
+                future = self._uploads.submit(upload.upload_part, number, part)
+                future.add_done_callback(settled(size))
+                futures.append(future)
+                remaining -= size
+                del part
+            for future in futures:
+                future.result()  # re-raises a part's upload error
+            if remaining:
+                raise IngestError(f"frame {reader.number}: upload stopped with bytes left")
+            upload.complete()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            _wait_all(futures)
+            try:
+                upload.abort()
+            except StoreError as exc:
+                log.error("could not abort the multipart upload of %s: %s", object_key, exc)
+            raise
+        return FrameEntry(reader.size, digest.hexdigest())
 
     def _put(self, object_key: str, body: bytes, media_type: str) -> FrameEntry:
         """Write one object, tagged ``cache``, with a SHA-256 the store verifies."""
@@ -339,19 +445,52 @@ class Ingestor:
         except InvalidIndex:
             return None
 
-    def _discard(self, key: InstanceKey) -> None:
-        """Remove every object of a failed instance (index first, though it was never written)."""
-        index = self.layout.index(key)
+    def _discard(self, key: InstanceKey, generation: str) -> None:
+        """Remove what a failed write stored: its own generation, never another one.
+
+        The index is left alone: it names the committed generation (if any), which stays
+        served. Only if the index turns out to name this very generation (its PUT went
+        through although the call failed) is nothing removed. What cannot be removed now
+        (the store is down) stays invisible, for ``framecdn verify --repair``.
+        """
+        where = self.layout.generation_prefix(key, generation)
         try:
-            listed = self.bucket.list(self.layout.instance_prefix(key))
-            others = [obj.key for obj in listed if obj.key != index]
-            self.bucket.delete([index, *others])
+            stored = self.stored_index(key)
+            if stored is not None and stored.generation == generation:
+                return
+            self.bucket.delete([obj.key for obj in self.bucket.list(where)])
+        except StoreError as exc:
+            log.error("could not clean up %s (it is not served): %s", where, exc)
+
+    def _remove_generation(self, key: InstanceKey, generation: str | None) -> None:
+        """Delete the frames and metadata of a generation the index no longer names.
+
+        ``None`` is the schema-1 layout (objects directly under the instance). Readers
+        that still hold the old index find its objects gone and read the index again.
+        A failure leaves the objects for ``framecdn verify --repair``.
+        """
+        try:
+            doomed = []
+            for obj in self.bucket.list(self.layout.instance_prefix(key)):
+                parsed = parse_object_key(obj.key)
+                if (
+                    parsed is not None
+                    and parsed.part != "index"
+                    and parsed.instance == key
+                    and parsed.generation == generation
+                ):
+                    doomed.append(obj.key)
+            self.bucket.delete(doomed)
         except StoreError as exc:
             log.error(
-                "could not clean up %s (no index was written, so it stays invisible): %s",
-                self.layout.instance_prefix(key),
-                exc,
+                "instance %s replaced, but its old objects stay for now: %s", key.instance, exc
             )
+
+
+def _settled_future(entry: FrameEntry) -> Future[FrameEntry]:
+    future: Future[FrameEntry] = Future()
+    future.set_result(entry)
+    return future
 
 
 def _wait_all(futures: Iterable[Future]) -> None:

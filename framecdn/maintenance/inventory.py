@@ -5,6 +5,12 @@ index's tags and the index itself) say whether the instance is pinned and whethe
 is complete: pinning retags a whole instance with its index last, so the index's tag
 speaks for the instance.
 
+An instance's frames and metadata are grouped by *generation* (one write of the
+instance, ``framestore.keys``). The index names the committed one; any other is a
+leftover: of a replacement that died before its swap, of an old version whose removal
+failed, or of an ingest that failed or is still running (only age tells these apart:
+:attr:`GenerationInventory.written`).
+
 Only the store's own "no such key" means an object is gone. Any other failure to
 read an instance's tags or index leaves its retention *unknown* (``read_error``);
 unknown is never ``cache``, so the sweeper never evicts such a study.
@@ -23,6 +29,28 @@ from framecdn.framestore.index import InstanceIndex, InvalidIndex
 from framecdn.framestore.keys import InstanceKey, KeyLayout, ParsedKey, parse_object_key
 from framecdn.framestore.retention import CACHE, PINNED
 
+#: Stands for "no index, so no generation is named" (None is the schema-1 generation).
+_NO_GENERATION = "-"
+
+
+@dataclass(slots=True)
+class GenerationInventory:
+    """The frames and metadata of one generation (one write) of an instance."""
+
+    generation: str | None  # None: the schema-1 layout, directly under the instance
+    objects: list[StoredObject] = field(default_factory=list)
+    frames: set[int] = field(default_factory=set)
+    has_metadata: bool = False
+
+    @property
+    def bytes(self) -> int:
+        return sum(obj.size for obj in self.objects)
+
+    @property
+    def written(self) -> datetime:
+        """When its newest object was written (an ingest still running keeps it young)."""
+        return max(obj.last_modified for obj in self.objects)
+
 
 @dataclass(slots=True)
 class InstanceInventory:
@@ -30,17 +58,55 @@ class InstanceInventory:
 
     key: InstanceKey
     objects: list[StoredObject] = field(default_factory=list)
-    frames: set[int] = field(default_factory=set)
-    has_metadata: bool = False
+    generations: dict[str | None, GenerationInventory] = field(default_factory=dict)
     index_object: StoredObject | None = None
     retention: str | None = None  # our tag's value on the index (or first object)
-    expected_frames: int | None = None  # NumberOfFrames from index.json
+    index: InstanceIndex | None = None  # the committed index, once read and valid
+    invalid_index: str | None = None  # why index.json could not be understood
     read_error: str | None = None  # why its tags or index could not be read
     vanished: bool = False  # an object listed was gone when its details were read
 
     @property
     def bytes(self) -> int:
         return sum(obj.size for obj in self.objects)
+
+    @property
+    def expected_frames(self) -> int | None:
+        """NumberOfFrames from index.json (None until it is read, or when unreadable)."""
+        return None if self.index is None else self.index.number_of_frames
+
+    @property
+    def committed(self) -> GenerationInventory | None:
+        """The generation the index names, when the index was read and it is stored."""
+        if self.index is None:
+            return None
+        return self.generations.get(self.index.generation)
+
+    @property
+    def leftovers(self) -> list[GenerationInventory]:
+        """Generations no index names. Unknown (empty) while an index is there unread."""
+        if self.index_object is not None and self.index is None:
+            return []
+        named = self.index.generation if self.index is not None else _NO_GENERATION
+        return [g for g in self.generations.values() if g.generation != named]
+
+    @property
+    def frames(self) -> set[int]:
+        """The frame numbers stored for the committed generation."""
+        committed = self.committed
+        return set() if committed is None else committed.frames
+
+    @property
+    def has_metadata(self) -> bool:
+        committed = self.committed
+        return committed is not None and committed.has_metadata
+
+    def drop_generation(self, generation: str | None) -> None:
+        """Forget a generation just removed from the bucket."""
+        gone = self.generations.pop(generation, None)
+        if gone is not None:
+            doomed = {obj.key for obj in gone.objects}
+            self.objects = [obj for obj in self.objects if obj.key not in doomed]
 
     @property
     def written(self) -> datetime:
@@ -60,12 +126,15 @@ class InstanceInventory:
 
     @property
     def complete(self) -> bool | None:
-        """True when index, metadata and every frame are there; None when not known."""
-        if self.index_object is None or not self.has_metadata:
+        """True when the index, and the metadata and every frame of the generation it
+        names, are there; None when not known (the index was not read, or is invalid)."""
+        if self.index_object is None:
             return False
-        if self.expected_frames is None:
+        if self.index is None:
             return None
-        return self.frames == set(range(1, self.expected_frames + 1))
+        return self.has_metadata and self.frames == set(
+            range(1, self.index.number_of_frames + 1)
+        )
 
 
 @dataclass(slots=True)
@@ -116,12 +185,17 @@ class PrefixInventory:
         study = self.studies.setdefault(key.study, StudyInventory(key.study))
         instance = study.instances.setdefault(key, InstanceInventory(key))
         instance.objects.append(obj)
-        if parsed.frame is not None:
-            instance.frames.add(parsed.frame)
-        elif parsed.part == "metadata":
-            instance.has_metadata = True
-        elif parsed.part == "index":
+        if parsed.part == "index":
             instance.index_object = obj
+            return
+        generation = instance.generations.setdefault(
+            parsed.generation, GenerationInventory(parsed.generation)
+        )
+        generation.objects.append(obj)
+        if parsed.frame is not None:
+            generation.frames.add(parsed.frame)
+        elif parsed.part == "metadata":
+            generation.has_metadata = True
 
     def forget(self, keys: Iterable[InstanceKey]) -> None:
         """Drop instances (and studies left empty) that were just removed from the bucket."""
@@ -171,16 +245,17 @@ def group_by_prefix(objects: Iterable[StoredObject]) -> dict[str, PrefixInventor
 
 
 def read_details(bucket: Bucket, instance: InstanceInventory) -> None:
-    """Fill in one instance's retention tag and (when indexed) its expected frame count."""
+    """Fill in one instance's retention tag and (when indexed) its index."""
     probe = instance.index_object or min(instance.objects, key=lambda o: o.key)
     try:
         instance.retention = bucket.retention(probe.key)
         if instance.index_object is not None:
             raw = bucket.get(instance.index_object.key)
             try:
-                instance.expected_frames = InstanceIndex.from_json(raw).number_of_frames
-            except InvalidIndex:
-                instance.expected_frames = None
+                instance.index = InstanceIndex.from_json(raw)
+            except InvalidIndex as exc:
+                instance.index = None
+                instance.invalid_index = str(exc)
     except ObjectMissing:
         instance.vanished = True  # deleted since the listing (an eviction under way)
     except StoreError as exc:

@@ -5,8 +5,10 @@ The origin leaves a last-access marker per study (at most one write per study pe
 hour, see ``framestore.access``); the sweeper, run on a schedule, reads them and:
 
 1. removes half-evicted instances (an index whose frames or metadata are gone),
-   index first, and orphans without an index older than a grace period (an ingest
-   that died; a running ingest is younger than the grace);
+   index first, orphans without an index older than a grace period (an ingest
+   that died; a running ingest is younger than the grace), and, of instances that
+   are whole, the generations their index does not name, older than the same grace
+   (a replacement that died, or an old version left behind; ``maintenance.leftovers``);
 2. evicts whole studies, least recently used first, until the prefix's usage is at
    most ``max_bytes``. A study's recency is the later of its last access and its
    last ingest, so a never-read study ranks by when it was written. Only studies
@@ -30,6 +32,7 @@ from framecdn.framestore.bucket import Bucket, StoredObject
 from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.maintenance.eviction import evict_objects
 from framecdn.maintenance.inventory import PrefixInventory, StudyInventory, take_inventory
+from framecdn.maintenance.leftovers import dead_leftovers, remove_leftovers
 
 ORPHAN_GRACE = timedelta(days=1)
 
@@ -61,6 +64,8 @@ class SweepReport:
     evicted: list[Candidate] = field(default_factory=list)
     repaired: list[InstanceKey] = field(default_factory=list)
     orphans: list[InstanceKey] = field(default_factory=list)
+    #: Instances whose unnamed generations (older than the grace) were removed.
+    leftovers: list[InstanceKey] = field(default_factory=list)
     markers_removed: list[str] = field(default_factory=list)
     refreshed: list[str] = field(default_factory=list)
     refresh_note: str = ""
@@ -157,6 +162,10 @@ def sweep(
         elif instance.index_object is None and instance.written < oldest_orphan:
             report.orphans.append(instance.key)
             broken[instance.key] = instance.objects
+        elif instance.complete:
+            doomed = dead_leftovers(instance, oldest_orphan)
+            if remove_leftovers(bucket, layout, instance, doomed, dry_run=dry_run):
+                report.leftovers.append(instance.key)
     if broken:
         evict_objects(bucket, broken, dry_run=dry_run)
         inventory.forget(broken)

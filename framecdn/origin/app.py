@@ -30,23 +30,27 @@ from framecdn.origin.auth import (
 from framecdn.origin.cors import CORSMiddleware
 from framecdn.origin.delivery import Delivery
 from framecdn.origin.errors import unexpected_error
+from framecdn.origin.fill_requests import FillRequests
 from framecdn.origin.frames import frames_endpoint
 from framecdn.origin.health import healthz, readyz
 from framecdn.origin.instances import InstanceIndexes
 from framecdn.origin.markers import flush_forever, flush_once
 from framecdn.origin.metadata import MetadataService, metadata_endpoint
 from framecdn.origin.metrics import Metrics, MetricsMiddleware
+from framecdn.origin.proxy import UpstreamProxy, proxy_endpoint
+from framecdn.origin.qido import qido_endpoint
+from framecdn.origin.qido_bucket import BucketSearch
+from framecdn.origin.readthrough import ReadThrough
 from framecdn.origin.rendered import Renderings, rendered_endpoint, thumbnail_endpoint
 from framecdn.origin.scope import ReadScope
 from framecdn.origin.storage import ObjectStore
-from framecdn.origin.upstream import Upstream
 from framecdn.origin.urls import normalise_root
 
 
 class Origin:
     """Per-process state shared by all requests."""
 
-    def __init__(self, settings: Settings, upstream: Upstream | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root = normalise_root(settings.root_path)
         self.layout = KeyLayout(settings.prefix)
@@ -54,8 +58,14 @@ class Origin:
         self.store = ObjectStore(settings)
         #: Where requests read when no access control narrows it: this origin's prefix.
         self.default_scope = ReadScope((self.layout,))
-        self.indexes = InstanceIndexes(settings, self.store, self.metrics, upstream)
+        self.indexes = InstanceIndexes(settings, self.store, self.metrics)
         self.metadata = MetadataService(self)
+        #: Searches answered from the bucket (without an upstream).
+        self.search = BucketSearch(self)
+        #: The PACS behind framecdn, when FRAMECDN_UPSTREAM_URL is set.
+        self.upstream = UpstreamProxy(self) if settings.upstream_url else None
+        self.readthrough = ReadThrough(self)
+        self.fills = FillRequests(settings, self.metrics)
         self.renderings = Renderings(self)
         self.delivery = Delivery(settings)
         self.recorder = AccessRecorder(settings.access_marker_seconds)
@@ -65,6 +75,9 @@ class Origin:
         self.access = AccessControl(settings)
 
     async def aclose(self) -> None:
+        await self.fills.aclose()
+        if self.upstream is not None:
+            await self.upstream.aclose()
         self.renderings.close()
         await self.access.aclose()
         await self.store.aclose()
@@ -90,17 +103,26 @@ def _routes(origin: Origin) -> list[Route]:
         Route(instance + "/metadata", metadata_endpoint, methods=methods),
         Route(series + "/metadata", metadata_endpoint, methods=methods),
         Route(root + "/studies/{study}/metadata", metadata_endpoint, methods=methods),
+        # QIDO-RS searches
+        Route(root + "/studies", qido_endpoint, methods=methods),
+        Route(root + "/series", qido_endpoint, methods=methods),
+        Route(root + "/instances", qido_endpoint, methods=methods),
+        Route(root + "/studies/{study}/series", qido_endpoint, methods=methods),
+        Route(root + "/studies/{study}/instances", qido_endpoint, methods=methods),
+        Route(series + "/instances", qido_endpoint, methods=methods),
         Route("/healthz", healthz, methods=methods),
         Route("/readyz", readyz, methods=methods),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route(AUTHORIZE_PATH, authorize_endpoint, methods=methods),
+        # Everything else below the root: the upstream's (404 without one). Keep it last.
+        Route(root + "/{path:path}", proxy_endpoint, methods=methods),
     ]
 
 
-def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Starlette:
+def create_app(settings: Settings) -> Starlette:
     """The origin as an ASGI app (state is created here, connections on first use)."""
     warn_if_open(settings)
-    origin = Origin(settings, upstream)
+    origin = Origin(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

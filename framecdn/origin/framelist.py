@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-_NUMBER = re.compile(r"^[1-9][0-9]{0,8}$")
+#: Matched whole (``fullmatch``): ASCII digits only, no trailing newline.
+_NUMBER = re.compile(r"[1-9][0-9]{0,8}")
 
 
 class InvalidFrameList(ValueError):
@@ -19,8 +20,8 @@ def parse_frame_list(text: str, max_count: int) -> tuple[int, ...]:
     numbers: list[int] = []
     seen: set[int] = set()
     for item in items:
-        if not _NUMBER.match(item):
-            raise InvalidFrameList(f"frame number {item!r} is not a positive integer")
+        if not _NUMBER.fullmatch(item):
+            raise InvalidFrameList(f"frame number {item[:20]!r} is not a positive integer")
         number = int(item)
         if number in seen:
             raise InvalidFrameList(f"frame {number} is listed twice")

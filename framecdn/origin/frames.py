@@ -5,6 +5,11 @@ numbers against NumberOfFrames (400), Accept (406), validators (304), then the
 delivery: redirect / accel for a single-part single frame when so configured,
 otherwise the bytes are streamed (single part, with Range, or multipart).
 
+Every object key comes from the index (its generation), so one answer reads one
+generation. When the first frame turns out missing, the instance may have been
+replaced under a cached index (its old generation removed): the index is read again,
+once, and the answer comes from the generation it names now, if it is another one.
+
 Only what was served (:data:`SERVED`) counts as a read of the study for the sweeper.
 """
 
@@ -27,7 +32,12 @@ from framecdn.origin.negotiation import NotAcceptable, Representation, negotiate
 from framecdn.origin.ranges import RangeNotSatisfiable, if_range_allows, parse_range
 from framecdn.origin.scope import read_scope
 from framecdn.origin.storage import ObjectMissing, ObjectStream, S3Error
-from framecdn.origin.streaming import ClosingStreamingResponse, multipart_body, single_body
+from framecdn.origin.streaming import (
+    ClosingStreamingResponse,
+    multipart_body,
+    single_body,
+    sized_as_indexed,
+)
 from framecdn.origin.urls import dicomweb_root, frame_url
 
 if TYPE_CHECKING:
@@ -36,6 +46,10 @@ if TYPE_CHECKING:
 #: Statuses that served the resource (the 307 of ``redirect`` delivery hands the frame
 #: over too): only these record an access, so guessing UIDs writes nothing.
 SERVED = frozenset({200, 206, 304, 307})
+
+
+class FrameVanished(Exception):
+    """The first frame of an answer is missing: its index has been condemned."""
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -69,12 +83,34 @@ async def _frames(request: Request, origin: Origin) -> Response:
         numbers = parse_frame_list(params["frames"], origin.settings.max_frames_per_request)
     except (InvalidUID, InvalidFrameList) as exc:
         return error_response(400, str(exc))
-    try:
-        found = await origin.indexes.locate(key, read_scope(request))
-    except S3Error as exc:
-        return s3_error_response(request, exc)
-    if found is None:
-        return error_response(404, "instance not found")
+    scope = read_scope(request)
+    for _attempt in range(2):  # a second look if the instance was replaced meanwhile
+        try:
+            found = await origin.indexes.locate(key, scope)
+        except S3Error as exc:
+            if origin.readthrough.proxy_for(scope, key.study) is None:
+                return s3_error_response(request, exc)
+            found = None  # the bucket cannot answer now: the upstream can
+        if found is None:
+            proxied = await origin.readthrough.instance(
+                request, scope, key, "frames", "instance not found"
+            )
+            if proxied is not None:
+                label(request.scope, mode="upstream")
+                return proxied
+            return error_response(404, "instance not found")
+        try:
+            return await _answer(request, origin, found, numbers)
+        except FrameVanished:
+            continue  # the index that named it is condemned now; look again
+    return error_response(404, "frame not found (instance is being evicted)")
+
+
+async def _answer(
+    request: Request, origin: Origin, found: Found, numbers: tuple[int, ...]
+) -> Response:
+    """The answer from one committed generation of the instance."""
+    key = found.key
     index = found.index
     try:
         check_in_range(numbers, index.number_of_frames)
@@ -111,7 +147,7 @@ async def _frames(request: Request, origin: Origin) -> Response:
     headers["ETag"] = etag
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    object_key = found.layout.frame(key, number)
+    object_key = found.layout.frame_of(index, number)
     if origin.delivery.mode == "redirect":
         label(request.scope, mode="redirect")
         return origin.delivery.redirect(object_key, headers)
@@ -155,9 +191,9 @@ async def _stream_single(
     stream = await _open_first_frame(request, origin, found, object_key, byte_range)
     if isinstance(stream, Response):
         return stream
-    if stream.content_length not in (-1, length):
+    if not sized_as_indexed(stream, length):
         await stream.aclose()
-        origin.indexes.mark_stale(found)
+        origin.indexes.mark_stale(found)  # the store holds another object than indexed
         return error_response(404, "frame object does not match the index (being evicted)")
     body = single_body(stream, length, _on_broken(origin, found), origin.chunk_size)
     return ClosingStreamingResponse(
@@ -178,7 +214,7 @@ async def _stream_multipart(
     headers["Content-Length"] = str(layout.content_length)
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers, media_type=media_type)
-    keys = [found.layout.frame(found.key, n) for n in numbers]
+    keys = [found.layout.frame_of(found.index, n) for n in numbers]
     first = await _open_first_frame(request, origin, found, keys[0])
     if isinstance(first, Response):
         return first
@@ -201,12 +237,16 @@ async def _open_first_frame(
     object_key: str,
     byte_range: tuple[int, int] | None = None,
 ) -> ObjectStream | Response:
-    """Open the first frame before the status line, so a missing one is still a clean 404."""
+    """Open the first frame before the status line, so a missing one is still a clean 404.
+
+    Only the store's "no such key" condemns the index (FrameVanished: the caller looks
+    again); a store that fails or does not answer is a 502/503/504 and condemns nothing.
+    """
     try:
         return await origin.store.open(object_key, byte_range=byte_range)
-    except ObjectMissing:
+    except ObjectMissing as exc:
         origin.indexes.mark_stale(found)
-        return error_response(404, "frame not found (instance is being evicted)")
+        raise FrameVanished(object_key) from exc
     except S3Error as exc:
         return s3_error_response(request, exc)
 

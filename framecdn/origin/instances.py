@@ -4,12 +4,19 @@ The index is the commit marker (no index = not there) and holds every frame's si
 and checksum, so once it is cached a frame request needs no S3 call but the frame's
 own GET. Entries live ``index_cache_seconds`` (Settings).
 
-Objects of one instance can expire a little apart. When a frame (or the metadata)
-turns out missing, the instance is half evicted: its index is marked *stale* and
-ignored from then on, so every frame of it answers 404 (or is filled from the
-upstream), not just the missing one. A stale mark names the index it condemns (by
-its generation), so a re-ingested instance is served again at once; the sweeper
-deletes the stale index from the bucket.
+Objects of one instance can expire a little apart. When the store says a frame (or
+the metadata) of the generation an index names is missing (its own "no such key",
+:class:`~framecdn.errors.ObjectMissing`) or not the size the index lists, the
+instance is half evicted: its index is marked *stale* and ignored from then on, so
+every frame of it answers 404 (or is filled from the upstream), not just the missing
+one. Nothing else condemns an index: a store that stalls, fails or cuts a body off
+did not say anything about the objects, and the next request simply reads again.
+
+A stale mark names the write it condemns (:attr:`InstanceIndex.identity`), so a
+re-ingested instance (a new generation, a new index) is served again at once: this
+is also how an origin holding the index of a replaced instance, whose old generation
+is gone, moves on to the new one. The sweeper and ``framecdn verify`` remove a
+stale index from the bucket.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from framecdn.origin.cache import TTLCache
 from framecdn.origin.metrics import Metrics
 from framecdn.origin.scope import ReadScope
 from framecdn.origin.storage import ObjectMissing, ObjectStore
-from framecdn.origin.upstream import NoUpstream, Upstream
 
 #: Cache key of one instance under one layout (several sites may share a bucket).
 Located = tuple[str, InstanceKey]
@@ -49,11 +55,9 @@ class InstanceIndexes:
         settings: Settings,
         store: ObjectStore,
         metrics: Metrics,
-        upstream: Upstream | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
-        self.upstream: Upstream = upstream or NoUpstream()
         entries = settings.index_cache_entries
         self.cache: TTLCache[Located, InstanceIndex] = TTLCache(
             entries, settings.index_cache_seconds
@@ -69,7 +73,7 @@ class InstanceIndexes:
             index = InstanceIndex.from_json(raw)
         except InvalidIndex:
             return None  # unreadable commit marker: treat as not committed
-        if self.stale.get((layout.prefix, key)) == index.generation:
+        if self.stale.get((layout.prefix, key)) == index.identity:
             return None  # the index of a half-evicted instance: not there any more
         return index
 
@@ -87,8 +91,7 @@ class InstanceIndexes:
         """The instance under the first of the scope's layouts that holds it, or None.
 
         A study outside the scope is looked for nowhere, so it is "not found" exactly
-        like a study that does not exist. The upstream gets its chance only when the
-        scope allows it.
+        like a study that does not exist.
         """
         found: Found | None = None
         for layout in scope.layouts_for(key.study):
@@ -96,12 +99,6 @@ class InstanceIndexes:
             if index is not None:
                 found = Found(layout, index)
                 break
-        if found is None and scope.upstream and scope.allows(key.study) and scope.layouts:
-            index = await self.upstream.fill(key)
-            if index is not None:
-                self.metrics.upstream_fills.inc()
-                self.cache.put((scope.layouts[0].prefix, key), index)
-                found = Found(scope.layouts[0], index)
         self.metrics.lookups.labels("hit" if found is not None else "miss").inc()
         return found
 
@@ -110,7 +107,12 @@ class InstanceIndexes:
         self.cache.drop((layout.prefix, key))
 
     def mark_stale(self, found: Found) -> None:
-        """An object of this instance is missing: ignore this index from now on."""
+        """The store says an object of this index's generation is missing or not as
+        indexed: ignore this index (this write of the instance) from now on.
+
+        Call it only on the store's own word (ObjectMissing, a size it announced), never
+        on a timeout or an unreachable store.
+        """
         located = (found.layout.prefix, found.key)
-        self.stale.put(located, found.index.generation)
+        self.stale.put(located, found.index.identity)
         self.cache.drop(located)

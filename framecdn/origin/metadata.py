@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from framecdn.origin.app import Origin
 
 MEDIA_TYPE = "application/dicom+json"
+SOP_INSTANCE_UID = "00080018"
 #: What metadata can be labelled as: DICOM JSON, which is also plain JSON.
 _OFFERED = (MEDIA_TYPE, "application/json")
 _GZIP_MIN_BYTES = 1024
@@ -85,13 +86,20 @@ class RenderedMetadata:
     body: bytes
     etag: str
     gzipped: bytes | None
+    #: SOP Instance UIDs of the instances in the answer (read-through compares them).
+    instances: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, objects: list[dict[str, Any]]) -> RenderedMetadata:
         body = json.dumps(objects, separators=(",", ":")).encode()
         etag = hashlib.sha256(body).hexdigest()[:40]
         gzipped = gzip.compress(body, 6, mtime=0) if len(body) >= _GZIP_MIN_BYTES else None
-        return cls(body, etag, gzipped)
+        uids = frozenset(
+            str(value[0])
+            for obj in objects
+            if isinstance(value := obj.get(SOP_INSTANCE_UID, {}).get("Value"), list) and value
+        )
+        return cls(body, etag, gzipped, uids)
 
 
 class MetadataService:
@@ -100,7 +108,9 @@ class MetadataService:
     def __init__(self, origin: Origin) -> None:
         settings = origin.settings
         self.origin = origin
-        self.objects: TTLCache[tuple[str, InstanceKey], dict[str, Any]] = TTLCache(
+        # Keyed by the write (index identity) too: a replaced instance's new metadata
+        # is served as soon as its new index is.
+        self.objects: TTLCache[tuple[str, InstanceKey, str], dict[str, Any]] = TTLCache(
             settings.metadata_cache_entries, settings.metadata_cache_seconds
         )
         self.rendered: TTLCache[tuple[str, str], RenderedMetadata] = TTLCache(
@@ -109,8 +119,12 @@ class MetadataService:
         self.fetch_concurrency = settings.metadata_fetch_concurrency
 
     async def instance_object(self, found: Found) -> dict[str, Any] | None:
-        """The stored DICOM JSON object of a committed instance, or None."""
-        object_key = found.layout.metadata(found.key)
+        """The stored DICOM JSON object of a committed instance, or None.
+
+        None when the store says the object is missing: the index is condemned then
+        (only the store's "no such key" does that; a failing store raises S3Error).
+        """
+        object_key = found.layout.metadata_of(found.index)
 
         async def load() -> dict[str, Any] | None:
             try:
@@ -118,13 +132,35 @@ class MetadataService:
             except ObjectMissing:
                 self.origin.indexes.mark_stale(found)
                 return None
-            data = json.loads(raw)
+            try:
+                data = json.loads(raw)
+            except ValueError as exc:
+                raise S3Error(f"{object_key} is not JSON: {exc}") from exc
             obj = data[0] if isinstance(data, list) and data else data
             if not isinstance(obj, dict):
                 raise S3Error(f"{object_key} is not a DICOM JSON object")
             return obj
 
-        return await self.objects.get_or_load((found.layout.prefix, found.key), load)
+        cache_key = (found.layout.prefix, found.key, found.index.identity)
+        return await self.objects.get_or_load(cache_key, load)
+
+    async def current_object(
+        self, lookup: Callable[[], Awaitable[Found | None]]
+    ) -> dict[str, Any] | None:
+        """The DICOM JSON of the instance ``lookup`` finds, looking twice if need be.
+
+        A metadata object found missing condemns the index that named it; when the
+        instance was replaced meanwhile (the old generation removed), the second look
+        finds the new index and its metadata.
+        """
+        for _attempt in range(2):
+            found = await lookup()
+            if found is None:
+                return None
+            obj = await self.instance_object(found)
+            if obj is not None:
+                return obj
+        return None
 
     async def instances_under(self, prefix: str, layout: KeyLayout) -> list[InstanceKey]:
         keys = await self.origin.store.list_keys(prefix)
@@ -136,11 +172,12 @@ class MetadataService:
         semaphore = asyncio.Semaphore(self.fetch_concurrency)
 
         async def one(key: InstanceKey) -> dict[str, Any] | None:
-            async with semaphore:
+            async def lookup() -> Found | None:
                 index = await self.origin.indexes.get(key, layout)
-                if index is None:
-                    return None
-                return await self.instance_object(Found(layout, index))
+                return None if index is None else Found(layout, index)
+
+            async with semaphore:
+                return await self.current_object(lookup)
 
         keys = await self.instances_under(prefix, layout)
         results = await asyncio.gather(*(one(key) for key in keys))
@@ -184,6 +221,8 @@ async def _metadata(request: Request, origin: Origin) -> Response:
         return error_response(406, f"metadata is served as {MEDIA_TYPE}", available=[MEDIA_TYPE])
     load: ObjectsLoader
     scope = read_scope(request)
+    key: InstanceKey | None = None
+    series: str | None = None
     try:
         study = validate_uid(params["study"], what="StudyInstanceUID")
         layouts = scope.layouts_for(study)
@@ -192,8 +231,9 @@ async def _metadata(request: Request, origin: Origin) -> Response:
             level_key = "|".join(layout.instance_prefix(key) for layout in layouts)
 
             async def load() -> list[dict[str, Any]]:
-                found = await origin.indexes.locate(key, scope)
-                obj = await service.instance_object(found) if found is not None else None
+                obj = await service.current_object(
+                    functools.partial(origin.indexes.locate, key, scope)
+                )
                 return [obj] if obj is not None else []
 
             label(request.scope, route="metadata_instance")
@@ -211,10 +251,25 @@ async def _metadata(request: Request, origin: Origin) -> Response:
     if not level_key:  # out of scope: answered exactly like a study that is not there
         return error_response(404, "not found")
     root_url = dicomweb_root(request, origin.root, origin.settings.public_url)
+    route = request.scope["framecdn"]["route"]
     try:
         rendered = await service.render(level_key, root_url, load)
     except S3Error as exc:
-        return s3_error_response(request, exc)
+        if origin.readthrough.proxy_for(scope, study) is None:
+            return s3_error_response(request, exc)
+        rendered = None  # the bucket cannot answer now: the upstream can
+    if key is not None and rendered is None:
+        proxied = await origin.readthrough.instance(request, scope, key, route, "not found")
+    elif key is None:
+        held = rendered.instances if rendered is not None else frozenset()
+        proxied = await origin.readthrough.listing(
+            request, scope, study, series, held, level_key, route
+        )
+    else:
+        proxied = None
+    if proxied is not None:
+        label(request.scope, mode="upstream")
+        return proxied
     if rendered is None:
         return error_response(404, "not found")
     use_gzip = rendered.gzipped is not None and accepts_gzip(request.headers.get("accept-encoding"))

@@ -77,8 +77,19 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.upstream_fills = Counter(
-            "framecdn_upstream_fills", "Misses filled from the upstream PACS", registry=r
+        self.upstream_requests = Counter(
+            "framecdn_upstream_requests",
+            "Requests sent to the upstream DICOMweb server, by route and its status (or "
+            "unavailable/timeout)",
+            ["route", "status"],
+            registry=r,
+        )
+        self.fill_requests = Counter(
+            "framecdn_fill_requests",
+            "Instances the origin asked the fill service for: queued, failed (service not "
+            "reached), dropped (too many requests in flight)",
+            ["result"],
+            registry=r,
         )
         self.index_cache = Counter(
             "framecdn_index_cache", "Index cache lookups", ["result"], registry=r

@@ -74,14 +74,23 @@ class Representation:
         return f"{kind}:{self.media_type}:{self.transfer_syntax_uid}"
 
 
+#: At most this much of the client's Accept header is quoted back in a 406.
+ECHO_LIMIT = 200
+
+
 class NotAcceptable(Exception):
-    """No acceptable representation can be served without transcoding (406)."""
+    """No acceptable representation can be served without transcoding (406).
+
+    The message quotes at most :data:`ECHO_LIMIT` characters of the Accept header:
+    a client's input is never echoed unbounded.
+    """
 
     def __init__(self, accept: str, available: list[str]) -> None:
         self.accept = accept
         self.available = available
+        shown = accept if len(accept) <= ECHO_LIMIT else accept[:ECHO_LIMIT] + "..."
         super().__init__(
-            f"cannot serve {accept!r} without transcoding; available: {'; or '.join(available)}"
+            f"cannot serve {shown!r} without transcoding; available: {'; or '.join(available)}"
         )
 
 

@@ -1,10 +1,16 @@
 """Single byte ranges (RFC 9110 §14) on single-part frames.
 
 Multi-range requests and syntax we do not understand are ignored (a full 200 is
-a valid answer); a range that starts past the end is 416.
+a valid answer); a range that starts past the end is 416. Positions are ASCII digits
+only (``str.isdigit`` also takes superscripts and other scripts' digits, which ``int``
+then refuses or reads).
 """
 
 from __future__ import annotations
+
+import re
+
+_POSITION = re.compile(r"[0-9]{1,18}")
 
 
 class RangeNotSatisfiable(Exception):
@@ -24,9 +30,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     first_text, dash, last_text = spec.strip().partition("-")
     first_text, last_text = first_text.strip(), last_text.strip()
-    if not dash or not (first_text.isdigit() or first_text == ""):
+    if not dash or not (first_text == "" or _POSITION.fullmatch(first_text)):
         return None
-    if last_text and not last_text.isdigit():
+    if last_text and not _POSITION.fullmatch(last_text):
         return None
     if first_text == "":
         if not last_text:

@@ -208,7 +208,7 @@ class Renderings:
         """Read the frame (whole: a decoder needs all of it) and the metadata."""
         index = found.index
         try:
-            frame = await self.origin.store.get_bytes(found.layout.frame(found.key, number))
+            frame = await self.origin.store.get_bytes(found.layout.frame_of(index, number))
         except ObjectMissing:
             frame = b""
         metadata = await self.origin.metadata.instance_object(found)
@@ -271,7 +271,7 @@ async def _rendered(request: Request, origin: Origin, *, thumbnail: bool) -> Res
     params = request.path_params
     try:
         key = InstanceKey(params["study"], params["series"], params["instance"])
-        numbers = None
+        numbers: tuple[int, ...] | None = None
         if "frames" in params:
             numbers = parse_frame_list(params["frames"], origin.settings.max_frames_per_request)
         rendition = _rendition(request, origin, thumbnail=thumbnail)
@@ -279,12 +279,38 @@ async def _rendered(request: Request, origin: Origin, *, thumbnail: bool) -> Res
         return error_response(400, str(exc))
     except UnacceptableRendition as exc:
         return error_response(406, str(exc), available=exc.available)
-    try:
-        found = await origin.indexes.locate(key, read_scope(request))
-    except S3Error as exc:
-        return s3_error_response(request, exc)
-    if found is None:
-        return error_response(404, "instance not found")
+    scope = read_scope(request)
+    route = "thumbnail" if thumbnail else "rendered"
+    for _attempt in range(2):  # a second look if the instance was replaced meanwhile
+        try:
+            found = await origin.indexes.locate(key, scope)
+        except S3Error as exc:
+            if origin.readthrough.proxy_for(scope, key.study) is None:
+                return s3_error_response(request, exc)
+            found = None  # the bucket cannot answer now: the upstream can
+        if found is None:  # the upstream's rendering, when there is one (as for frames)
+            proxied = await origin.readthrough.instance(
+                request, scope, key, route, "instance not found"
+            )
+            if proxied is not None:
+                label(request.scope, mode="upstream")
+                return proxied
+            return error_response(404, "instance not found")
+        try:
+            return await _of_instance(request, origin, found, numbers, rendition, thumbnail)
+        except NotThere:
+            continue  # its index is condemned now; look again
+    return error_response(404, "frame not found (instance is being evicted)")
+
+
+async def _of_instance(
+    request: Request,
+    origin: Origin,
+    found: Found,
+    numbers: tuple[int, ...] | None,
+    rendition: Rendition,
+    thumbnail: bool,
+) -> Response:
     count = found.index.number_of_frames
     if count == 0:
         return error_response(404, "the instance has no image to render")
@@ -335,9 +361,16 @@ async def _representative_thumbnail(request: Request, origin: Origin) -> Respons
     except S3Error as exc:
         return s3_error_response(request, exc)
     if found is None or found.index.number_of_frames == 0:
+        upstream = origin.readthrough.proxy_for(scope, study)
+        if upstream is not None:  # the bucket has no image of it: the PACS may
+            label(request.scope, mode="upstream")
+            return await upstream.forward(request, route="thumbnail", not_found="not found")
         return error_response(404, "not found")
     number = (found.index.number_of_frames + 1) // 2
-    return await _answer(request, origin, found, number, rendition)
+    try:
+        return await _answer(request, origin, found, number, rendition)
+    except NotThere:
+        return error_response(404, "frame not found (instance is being evicted)")
 
 
 def _value(obj: dict[str, Any], tag: str) -> Any:
@@ -385,15 +418,13 @@ async def _answer(
     }
     if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
         return Response(status_code=304, headers=headers)
-    object_key = found.layout.rendition(found.key, number, name)
+    object_key = found.layout.rendition_of(index, number, name)
     try:
         body = await origin.renderings.get(found, number, rendition, object_key)
     except CannotRender as exc:
         if exc.status >= 500:
             return server_error_response(request, exc.status, exc.reason, exc.reason)
         return error_response(exc.status, exc.reason)
-    except NotThere:
-        return error_response(404, "frame not found (instance is being evicted)")
     except RenderBusy:
         return server_error_response(
             request, 503, "rendering busy", "every render worker busy and the queue full",

@@ -311,6 +311,14 @@ class ObjectStore:
 
     async def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (ListObjectsV2, paginated)."""
+        return await self._list(prefix, "Key")
+
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        """The "folders" right under ``prefix`` (delimiter ``/``): one entry per study, say,
+        however many objects each holds."""
+        return await self._list(prefix, "Prefix", delimiter="/")
+
+    async def _list(self, prefix: str, element: str, *, delimiter: str | None = None) -> list[str]:
         keys: list[str] = []
         token: str | None = None
 
@@ -326,13 +334,19 @@ class ObjectStore:
 
         while True:
             query = f"list-type=2&prefix={quote(prefix, safe='')}"
+            if delimiter:
+                query = f"delimiter={quote(delimiter, safe='')}&{query}"
             if token:
                 query = f"continuation-token={quote(token, safe='')}&{query}"
             url = f"{self.endpoint}/{self.bucket}?{query}"
             root = ET.fromstring(
                 await self._request("GET", url, read, headers=self._signed_headers("GET", url))
             )
-            keys.extend(el.text or "" for el in root.iter(f"{_S3_NS}Key"))
+            if element == "Key":
+                found = root.iter(f"{_S3_NS}Key")
+            else:
+                found = root.iterfind(f"{_S3_NS}CommonPrefixes/{_S3_NS}Prefix")
+            keys.extend(el.text or "" for el in found)
             truncated = root.findtext(f"{_S3_NS}IsTruncated") == "true"
             token = root.findtext(f"{_S3_NS}NextContinuationToken")
             if not truncated or not token:

@@ -5,31 +5,58 @@ until we forward it. For a frame list, the next few frames' GETs are started whi
 the current one streams (their headers arrive, their bodies wait in the kernel),
 so S3's time-to-first-byte overlaps the transfer; parts are written in order.
 
-A frame that is missing or shorter than the index says cannot be finished as a
-valid body: we raise, the server cuts the connection, and the client sees a short
-body instead of a wrong one. A client that goes away cancels the generator, and
-every open S3 response is closed (its connection goes back to the pool or away).
+A body that cannot be finished as the index describes it is never ended as if it
+were complete: we raise, the server cuts the connection, and the client sees a short
+body (a Content-Length it did not get) instead of a wrong one. Why it could not be
+finished decides what happens to the instance:
+
+* the store said so: the frame object is missing ("no such key"), or the store sent
+  all of it (the body ended cleanly, or its Content-Length said so) and its size is
+  not the index's. The instance is inconsistent, so ``on_broken`` condemns the
+  index (``InstanceIndexes.mark_stale``): :class:`BrokenInstance`;
+* the store did not answer, or the connection broke mid-body (a stall, a restart, a
+  network cut; :class:`~framecdn.origin.storage.S3Error`): nothing is known to be
+  wrong with the instance, and nothing is condemned. The next request reads it again.
+
+A client that goes away cancels the generator, and every open S3 response is
+closed (its connection goes back to the pool or away).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import anyio
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
+from framecdn.origin.errors import request_id
 from framecdn.origin.multipart import MultipartLayout
-from framecdn.origin.storage import ObjectStore, ObjectStream
+from framecdn.origin.storage import ObjectMissing, ObjectStore, ObjectStream, S3Error
+
+log = logging.getLogger("framecdn.origin")
 
 
 class BrokenInstance(Exception):
-    """A frame object is missing or short although the index lists it."""
+    """The store says a frame object is missing, or not the size the index lists."""
 
 
 class ClosingStreamingResponse(StreamingResponse):
-    """A StreamingResponse that always closes its body generator, even when cancelled."""
+    """A StreamingResponse that always closes its body generator, even when cancelled.
+
+    A body that breaks off (S3Error, BrokenInstance) after the status line is out ends
+    the only honest way left: the app returns without the final body message, so the
+    server closes the connection and the client sees a short body. One log line says
+    why (with the request id); no traceback.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except (S3Error, BrokenInstance) as exc:
+            log.warning("request %s: answer cut short: %s", request_id(scope), exc)
 
     async def stream_response(self, send: Send) -> None:
         try:
@@ -39,6 +66,37 @@ class ClosingStreamingResponse(StreamingResponse):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
+def sized_as_indexed(stream: ObjectStream, expected: int) -> bool:
+    """False when the store announces a body of another size than the index's."""
+    return stream.content_length in (-1, expected)
+
+
+async def _exactly(
+    stream: ObjectStream,
+    expected: int,
+    what: str,
+    on_broken: Callable[[], None],
+    chunk_size: int,
+) -> AsyncIterator[bytes]:
+    """The body of ``stream``, which must be ``expected`` bytes; see the module docstring.
+
+    An S3Error while reading (the store stalled or the connection broke) goes up as
+    it is; a body the store ended at another size than the index's condemns it.
+    """
+    if not sized_as_indexed(stream, expected):
+        on_broken()
+        raise BrokenInstance(f"{what} is {stream.content_length} bytes, index says {expected}")
+    sent = 0
+    async for chunk in stream.chunks(chunk_size):
+        sent += len(chunk)
+        if sent > expected:
+            break
+        yield chunk
+    if sent != expected:
+        on_broken()
+        raise BrokenInstance(f"{what} ended after {sent} bytes, index says {expected}")
+
+
 async def single_body(
     stream: ObjectStream,
     expected: int,
@@ -46,19 +104,12 @@ async def single_body(
     chunk_size: int,
 ) -> AsyncIterator[bytes]:
     """One frame (or a range of it) exactly ``expected`` bytes long."""
-    sent = 0
     try:
-        async for chunk in stream.chunks(chunk_size):
-            sent += len(chunk)
-            if sent > expected:
-                break
+        async for chunk in _exactly(stream, expected, "frame body", on_broken, chunk_size):
             yield chunk
     finally:
         with anyio.CancelScope(shield=True):
             await stream.aclose()
-    if sent != expected:
-        on_broken()
-        raise BrokenInstance(f"frame body was {sent} bytes, index says {expected}")
 
 
 async def _close_quietly(task: asyncio.Task[ObjectStream]) -> None:
@@ -108,18 +159,16 @@ async def multipart_body(
                     task = pending.pop(index)
                 try:
                     current = await task
-                except Exception as exc:
+                except ObjectMissing as exc:
                     on_broken()
-                    raise BrokenInstance(f"frame object {keys[index]}: {exc!r}") from exc
+                    raise BrokenInstance(f"frame object {keys[index]} is missing") from exc
+                # Any other failure (S3Error: a stall, a dead store) cuts the answer only.
             schedule()
             assert current is not None
             head = layout.part_head(index)
             expected = layout.parts[index].size
-            sent = 0
-            async for chunk in current.chunks(chunk_size):
-                sent += len(chunk)
-                if sent > expected:
-                    break
+            body = _exactly(current, expected, keys[index], on_broken, chunk_size)
+            async for chunk in body:
                 if head:
                     chunk, head = head + chunk, b""
                 yield chunk
@@ -128,9 +177,6 @@ async def multipart_body(
             with anyio.CancelScope(shield=True):
                 await current.aclose()
             current = None
-            if sent != expected:
-                on_broken()
-                raise BrokenInstance(f"{keys[index]} was {sent} bytes, index says {expected}")
         yield layout.closing
     finally:
         with anyio.CancelScope(shield=True):

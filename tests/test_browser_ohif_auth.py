@@ -47,9 +47,6 @@ from tests.test_browser_ohif import STEPS, TOMOSYNTHESIS_FRAMES, ViewerRun, chec
 
 pytest_plugins = ["tests.browser_plugin"]
 
-NEEDS_QIDO = pytest.mark.xfail(
-    strict=True, reason="needs QIDO-RS (issue #9): OHIF searches /studies and /studies/S/series"
-)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +95,6 @@ def open_with_token(
     return ViewerRun(run, framecdn.root, instance, screenshot)
 
 
-@NEEDS_QIDO
 @pytest.mark.parametrize("mode", ["stream", "accel"])
 def test_ohif_with_a_bearer_token_opens_and_scrolls(
     browser_toolchain: Toolchain, ohif_dist: Path, auth_on: Settings, tomosynthesis: Expected,

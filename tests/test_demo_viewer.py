@@ -18,8 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.browser_fixtures import BUILD_DIR, REPO, Toolchain
 from tests.origin_fixtures import free_port
 from tests.processes import running
@@ -96,9 +94,6 @@ def frames_of(study_flags: list[str]) -> int:
     return int(study_flags[study_flags.index("--frames") + 1]) if study_flags else 60
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs QIDO-RS (issue #9): OHIF searches /studies and /studies/S/series"
-)
 def test_the_demo_opens_in_ohif(
     browser_toolchain: Toolchain, ohif_dist: Path, tmp_path: Path
 ) -> None:

@@ -35,6 +35,7 @@ from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import KeyLayout
 from framecdn.framestore.retention import CACHE
+from framecdn.ingest.pipeline import ingest_file
 from framecdn.maintenance.eviction import evict
 from framecdn.maintenance.stats import collect
 from framecdn.synthetic import write_tomosynthesis
@@ -323,8 +324,10 @@ def test_a_rendition_is_computed_once_and_then_read_from_the_bucket(
         assert renditions(first, "rendered") == 1
         again = http.get(url, params={"quality": "80", "window": "500.0,1000,LINEAR"})
         assert again.content == one.content and renditions(first, "rendered") == 1
-    prefix = f"{module_settings.prefix}/studies/{inst.study}/series/{inst.series}" \
-             f"/instances/{inst.sop}/rendered/3/"
+    generation = KeyLayout(module_settings.prefix).generation_prefix(
+        inst.index.key, inst.index.generation
+    )
+    prefix = f"{generation}rendered/3/"  # next to the frames of the committed generation
     stored = list_keys(s3_client, module_settings.bucket, prefix)
     assert len(stored) == 1 and "jpeg-q80-w500_1000_linear-vfull-" in stored[0]
     with run_origin(module_settings) as second:
@@ -597,3 +600,25 @@ def test_behind_the_shipped_nginx_in_accel_mode_renditions_are_cached(
         assert as_jpeg.headers["content-type"] == "image/jpeg"  # Accept is in the cache key
         thumbnail = http.get(f"{nginx.instance_url(inst)}/thumbnail")
         assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+
+
+def test_a_replaced_instance_is_rendered_from_its_new_generation(
+    http: httpx.Client, settings: Settings, s3_client: object, tmp_path: Path
+) -> None:
+    uids = {"study_uid": generate_uid(), "series_uid": generate_uid(), "sop_uid": generate_uid()}
+    write_tomosynthesis(tmp_path / "old.dcm", frames=2, rows=64, columns=48, seed=1, **uids)
+    write_tomosynthesis(tmp_path / "new.dcm", frames=2, rows=64, columns=48, seed=2, **uids)
+    old = ingest(tmp_path / "old.dcm", settings)
+    with run_origin(settings.with_overrides(index_cache_seconds=0)) as running:
+        url = rendered_url(running, old, 1)
+        before = http.get(url, headers=PNG)
+        assert np.array_equal(decoded(before), expected_image(old.path, 1))
+        new = Expected(tmp_path / "new.dcm", ingest_file(tmp_path / "new.dcm", settings,
+                                                        force=True), [])
+        assert new.index.generation != old.index.generation
+        after = http.get(url, headers=PNG)
+        assert np.array_equal(decoded(after), expected_image(new.path, 1))
+        assert after.headers["etag"] != before.headers["etag"]
+    layout = KeyLayout(settings.prefix)
+    fresh = layout.generation_prefix(new.index.key, new.index.generation)
+    assert [key for key in list_keys(s3_client, settings.bucket, fresh) if "/rendered/" in key]

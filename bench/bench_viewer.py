@@ -15,6 +15,8 @@ fresh browser profile, so the browser's own cache is empty every time.
 
 Measured, per run, from the browser only:
 
+- **open -> first framecdn request**: from the viewer page's request to OHIF's first request
+  to framecdn (its study search): OHIF loading itself, not framecdn;
 - **open -> first frame**: from the viewer page's request to the end of the first frame's
   response (DevTools network events);
 - **open -> first image**: from navigation start to the first animation frame in which the
@@ -111,6 +113,7 @@ def steps(frames: int) -> list[dict[str, Any]]:
 
 @dataclass
 class Run:
+    open_to_first_request_ms: float  # OHIF loaded and asked framecdn (its first search)
     open_to_first_frame_ms: float
     open_to_first_image_ms: float
     headers_ms: list[float]  # per frame: request -> response headers
@@ -135,7 +138,7 @@ def response_timings(browser: BrowserRun) -> dict[str, dict[str, float]]:
     }
 
 
-def measure(browser: BrowserRun, frame_prefix: str, frames: int) -> Run:
+def measure(browser: BrowserRun, frame_prefix: str, frames: int, root: str) -> Run:
     browser.raise_for_error()
     text = str(browser.step_value(8, ""))
     if f"({frames}/{frames})" not in text:
@@ -153,7 +156,9 @@ def measure(browser: BrowserRun, frame_prefix: str, frames: int) -> Run:
         return timing["requestTime"] + timing["receiveHeadersEnd"] / 1000
 
     first = min(fetched, key=lambda x: x.started)
+    asked = min(x.started for x in browser.to(root))
     return Run(
+        open_to_first_request_ms=(asked - page.started) * 1000,
         open_to_first_frame_ms=((first.finished or 0) - page.started) * 1000,
         open_to_first_image_ms=float(browser.step_value(3)),
         headers_ms=[(headers_at(x) - x.started) * 1000 for x in fetched],
@@ -179,7 +184,7 @@ def open_and_scroll(
         for number in range(runs + 1):  # the first one warms the servers up
             browser = toolchain.run(url, steps(index.number_of_frames), timeout=240,
                                     user_data_dir=work / mode / f"profile-{number}")
-            run = measure(browser, frame_prefix, index.number_of_frames)
+            run = measure(browser, frame_prefix, index.number_of_frames, served.root)
             label = "warm-up" if number == 0 else f"run {number}"
             print(f"  {mode} {label}: first image {run.open_to_first_image_ms:.0f} ms, "
                   f"median frame {statistics.median(run.body_ms):.0f} ms", flush=True)
@@ -198,11 +203,13 @@ def markdown(results: list[ModeResult], frame_mb: float, frames: int, shape: str
         f"OHIF 3.13 in Chromium (headless), {frames} frames of {shape} ({frame_mb:.1f} MB each), "
         "warm servers, empty browser cache; medians over runs, frame fetches pooled.",
         "",
-        "| mode | open -> first frame (ms) | open -> first image (ms) | frame headers p50 / p90 "
-        "(ms) | frame last byte p50 / p90 / max (ms) | frame MB/s (p50) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| mode | open -> first framecdn request (ms) | open -> first frame (ms) | open -> first "
+        "image (ms) | frame headers p50 / p90 (ms) | frame last byte p50 / p90 / max (ms) | "
+        "frame MB/s (p50) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for result in results:
+        first_request = statistics.median(r.open_to_first_request_ms for r in result.runs)
         first_frame = statistics.median(r.open_to_first_frame_ms for r in result.runs)
         first_image = statistics.median(r.open_to_first_image_ms for r in result.runs)
         headers = [v for r in result.runs for v in r.headers_ms]
@@ -211,7 +218,7 @@ def markdown(results: list[ModeResult], frame_mb: float, frames: int, shape: str
                  for b, ms in zip(r.bytes, r.body_ms, strict=True) if ms > 0]
         name = "accel (nginx, warm)" if result.mode == "accel" else result.mode
         lines.append(
-            f"| {name} | {first_frame:.0f} | {first_image:.0f} | "
+            f"| {name} | {first_request:.0f} | {first_frame:.0f} | {first_image:.0f} | "
             f"{percentile(headers, 0.5):.0f} / {percentile(headers, 0.9):.0f} | "
             f"{percentile(body, 0.5):.0f} / {percentile(body, 0.9):.0f} / {max(body):.0f} | "
             f"{statistics.median(rates):.0f} |"

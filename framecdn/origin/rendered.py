@@ -23,8 +23,10 @@ about a second per 9 MB frame, which in a thread stalls the event loop for as lo
 (measured: /healthz-style ticks late by 1.0-1.6 s with threads, under 30 ms with processes).
 At most ``render_workers`` frames are being fetched or rendered at once (so at most that
 many whole frames are in memory), ``render_queue`` more may wait, and beyond that the
-answer is 503. Lookups honour the request's read scope exactly like frames do, and
-answers carry the frames' Cache-Control (made private by access control when it is on).
+answer is 503. Lookups honour the request's read scope exactly like frames do (an
+instance the bucket lacks is asked of the upstream PACS, when there is one, and queued for
+a fill), and answers carry the frames' Cache-Control (made private by access control when
+it is on).
 """
 
 from __future__ import annotations
@@ -311,6 +313,7 @@ async def _of_instance(
     rendition: Rendition,
     thumbnail: bool,
 ) -> Response:
+    """The frame asked for (a thumbnail: the middle one) of one committed generation."""
     count = found.index.number_of_frames
     if count == 0:
         return error_response(404, "the instance has no image to render")

@@ -43,6 +43,7 @@ from tests.auth_fixtures import Clinics, auth_settings, identity_provider, two_c
 from tests.conftest import list_keys
 from tests.nginx_fixtures import nginx_binary_or_none, run_nginx
 from tests.origin_fixtures import Expected, RunningOrigin, ingest, run_origin
+from tests.upstream_fixtures import metric, populated_orthanc, upstream_settings
 
 PNG = {"Accept": "image/png"}
 
@@ -622,3 +623,22 @@ def test_a_replaced_instance_is_rendered_from_its_new_generation(
     layout = KeyLayout(settings.prefix)
     fresh = layout.generation_prefix(new.index.key, new.index.generation)
     assert [key for key in list_keys(s3_client, settings.bucket, fresh) if "/rendered/" in key]
+
+
+def test_an_instance_the_bucket_lacks_is_rendered_by_the_upstream(
+    http: httpx.Client, settings: Settings, tmp_path: Path
+) -> None:
+    """With an upstream PACS (Orthanc), a rendered frame or thumbnail of an instance the
+    bucket does not hold is the upstream's answer, as frames are; nothing renders here."""
+    (tmp_path / "files").mkdir()
+    with populated_orthanc(tmp_path / "files", tmp_path / "orthanc") as upstream:
+        instance = upstream.instances[0]
+        with run_origin(upstream_settings(settings, upstream.orthanc)) as running:
+            base = f"{running.root}{instance.path_below_root}"
+            answer = http.get(f"{base}/frames/1/rendered", headers={"Accept": "image/jpeg"})
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["content-type"].startswith("image/jpeg")
+            assert answer.content[:3] == b"\xff\xd8\xff"
+            assert metric(running, "framecdn_upstream_requests", route="rendered",
+                          status="200") == 1
+            assert renditions(running, "rendered") == 0

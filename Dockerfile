@@ -1,4 +1,5 @@
 # The framecdn origin (and the ingest/maintenance CLI): `docker build -t framecdn .`
+# The render extra makes thumbnails and rendered frames (numpy, Pillow, pydicom's plug-ins).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY framecdn ./framecdn
-RUN pip install . && useradd --system --uid 10001 --no-create-home framecdn
+RUN pip install .[render] && useradd --system --uid 10001 --no-create-home framecdn
 
 USER framecdn
 ENV FRAMECDN_PORT=8080

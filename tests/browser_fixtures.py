@@ -3,9 +3,9 @@
 The npm side lives in ``tests/browser/`` (package.json and package-lock.json pinned exactly):
 ``npm ci`` installs it once into ``tests/browser/node_modules`` (again only when the lock
 changes), vite builds the Cornerstone3D decode page once into ``tests/browser/.build/``, and
-the built OHIF viewer is taken from the ``@ohif/app`` tarball (``ohif-package.json`` pins its
-version and integrity; the registry here lacks some of its dependencies, and only its built
-``dist/`` is needed, so it is fetched with ``npm pack`` rather than installed).
+the built OHIF viewer is taken from the ``@ohif/app`` tarball by :mod:`framecdn.viewer` (which
+pins its version and integrity, and serves it for ``framecdn demo --viewer`` too), unpacked
+into ``tests/browser/.build/ohif/``.
 
 A test runs the browser through ``tests/browser/driver.mjs``: the job goes in as JSON on stdin,
 the browser's own events (DevTools network events, preflights included; console messages; page
@@ -18,21 +18,16 @@ test; elsewhere the test is skipped with the reason.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
-import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
-import tarfile
 import tempfile
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -43,6 +38,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from framecdn.framestore.config import Settings
+from framecdn.viewer import ViewerUnavailable, app_config, fetch_ohif
+from framecdn.viewer import serve_directory as serve_directory  # the tests serve pages with it
 from tests.nginx_fixtures import nginx_binary_or_none, run_nginx
 from tests.origin_fixtures import run_origin
 
@@ -51,7 +48,6 @@ BROWSER_DIR = REPO / "tests" / "browser"
 BUILD_DIR = BROWSER_DIR / ".build"
 CORNERSTONE_SOURCES = BROWSER_DIR / "cornerstone"
 DRIVER = BROWSER_DIR / "driver.mjs"
-OHIF_PIN = BROWSER_DIR / "ohif-package.json"
 CHROMIUM = "/usr/bin/chromium"
 NPM_TIMEOUT = 900
 BUILD_TIMEOUT = 600
@@ -129,60 +125,19 @@ def build_cornerstone_page() -> Path:
 
 
 def unpack_ohif() -> Path:
-    """OHIF's built viewer (``@ohif/app``'s ``dist/``), fetched with ``npm pack`` and checked
-    against the pinned integrity; unpacked once into tests/browser/.build/."""
-    pin = json.loads(OHIF_PIN.read_text())
-    spec = f"{pin['name']}@{pin['version']}"
-    out = BUILD_DIR / "ohif" / pin["version"]
-    stamp = out / ".integrity"
-    if stamp.exists() and stamp.read_text() == pin["integrity"]:
-        return out / "dist"
-    npm = shutil.which("npm")
-    if npm is None:
-        raise BrowserUnavailable("npm not found (needed to fetch OHIF)")
-    BUILD_DIR.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=BUILD_DIR) as tmp:
-        _run([npm, "pack", spec, "--pack-destination", tmp, "--silent"], f"npm pack {spec}",
-             NPM_TIMEOUT)
-        (tarball,) = Path(tmp).glob("*.tgz")
-        algorithm, expected = pin["integrity"].split("-", 1)
-        actual = base64.b64encode(hashlib.new(algorithm, tarball.read_bytes()).digest()).decode()
-        if actual != expected:
-            raise BrowserUnavailable(
-                f"{spec}: integrity {algorithm}-{actual} is not the pinned one"
-            )
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        with tarfile.open(tarball) as archive:
-            archive.extractall(Path(tmp) / "x", filter="data")
-        (Path(tmp) / "x" / "package" / "dist").rename(out / "dist")
-    stamp.write_text(pin["integrity"])
-    return out / "dist"
+    """OHIF's built viewer (``@ohif/app``'s ``dist/``), fetched by :mod:`framecdn.viewer`
+    with ``npm pack`` and checked against the pinned integrity; unpacked once into
+    tests/browser/.build/ohif/."""
+    try:
+        return fetch_ohif(BUILD_DIR)
+    except ViewerUnavailable as exc:
+        raise BrowserUnavailable(str(exc)) from exc
 
 
-#: The DICOMweb server OHIF's shipped app-config.js points at (its public demo).
-OHIF_DEMO_ROOT = "https://d14fa38qiwhyfd.cloudfront.net/dicomweb"
-
-
-def ohif_app_config(dist: Path, root: str) -> bytes:
-    """OHIF's own ``app-config.js`` with its one DICOMweb data source pointed at ``root``
-    (QIDO, WADO-RS and WADO-URI roots) and thumbnails rendered from frames; every other
-    setting is OHIF's default (lazy study loading, unquoted multipart Accept, ...)."""
-    text = (dist / "app-config.js").read_text()
-    replacements = {
-        f"wadoUriRoot: '{OHIF_DEMO_ROOT}'": f"wadoUriRoot: '{root}'",
-        f"qidoRoot: '{OHIF_DEMO_ROOT}'": f"qidoRoot: '{root}'",
-        f"wadoRoot: '{OHIF_DEMO_ROOT}'": f"wadoRoot: '{root}'",
-        "thumbnailRendering: 'thumbnail'": "thumbnailRendering: 'wadors'",
-        "friendlyName: 'AWS S3 Static wado server'": "friendlyName: 'framecdn'",
-    }
-    for old, new in replacements.items():
-        if text.count(old) != 1:
-            raise AssertionError(f"OHIF's app-config.js changed: {old!r} is not there once")
-        text = text.replace(old, new)
-    if OHIF_DEMO_ROOT in text:
-        raise AssertionError("OHIF's app-config.js still points at its demo server")
-    return text.encode()
+def ohif_app_config(dist: Path, root: str, *, thumbnails: str = "wadors") -> bytes:
+    """OHIF's own ``app-config.js`` pointed at ``root`` (see :func:`framecdn.viewer.app_config`):
+    thumbnails rendered from frames unless ``thumbnails`` says otherwise."""
+    return app_config(dist, root, thumbnails=thumbnails)
 
 
 def copy_with_new_uids(source: str | Path, target: Path) -> Path:
@@ -444,83 +399,6 @@ def run_browser(
 
 
 # Serving pages -----------------------------------------------------------------------------
-
-
-MEDIA_TYPES = {
-    ".js": "text/javascript",
-    ".mjs": "text/javascript",
-    ".wasm": "application/wasm",  # compileStreaming insists on it
-    ".json": "application/json",
-    ".css": "text/css",
-    ".svg": "image/svg+xml",
-    ".woff2": "font/woff2",
-}
-
-
-class _StaticHandler(http.server.SimpleHTTPRequestHandler):
-    """Files of one folder; unknown paths answer index.html (a single-page app); some
-    paths answered from memory (OHIF's app-config.js)."""
-
-    def __init__(self, *args: Any, overrides: Mapping[str, bytes], spa: bool,
-                 **kwargs: Any) -> None:
-        self.overrides = overrides
-        self.spa = spa
-        self.extensions_map = {**self.extensions_map, **MEDIA_TYPES}
-        super().__init__(*args, **kwargs)  # handles the request
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def end_headers(self) -> None:
-        self.send_header("Cache-Control", "no-store")
-        super().end_headers()
-
-    def send_head(self):  # type: ignore[no-untyped-def]
-        path = urlsplit(self.path).path
-        if path in self.overrides:
-            body = self.overrides[path]
-            self.send_response(200)
-            self.send_header("Content-Type", self.guess_type(path))
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            return _BytesFile(body)
-        if self.spa and not Path(self.translate_path(self.path)).exists():
-            self.path = "/index.html"
-        return super().send_head()
-
-
-class _BytesFile:
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-
-    def read(self, size: int = -1) -> bytes:
-        body, self.body = self.body, b""
-        return body
-
-    def close(self) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def serve_directory(
-    directory: Path, *, overrides: Mapping[str, bytes] | None = None, spa: bool = False
-) -> Iterator[str]:
-    """A static server for ``directory`` on 127.0.0.1:<free port>; yields its base URL.
-
-    ``overrides`` (path -> body) is read at each request, so a caller may fill it once it
-    knows what to put there (OHIF's config needs framecdn's URL, framecdn needs ours)."""
-    handler = partial(_StaticHandler, directory=str(directory),
-                      overrides=overrides if overrides is not None else {}, spa=spa)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 @dataclass(frozen=True)

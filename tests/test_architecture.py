@@ -22,6 +22,8 @@ FORBIDDEN = {
         "framecdn.ingest", "framecdn.origin", "framecdn.maintenance", "framecdn.cli",
     ),
     "framecdn.errors": ("framecdn.",),
+    # OHIF for the demo (a face, like the CLI): it serves files, it reads no bucket.
+    "framecdn.viewer": ("framecdn.ingest", "framecdn.origin", "framecdn.maintenance"),
 }
 
 

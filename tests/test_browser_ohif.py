@@ -24,6 +24,7 @@ configured, the origin answers them from the bucket (``framecdn.origin.qido_buck
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import uuid
@@ -266,3 +267,22 @@ def test_ohif_opens_a_study_the_bucket_lacks_through_the_upstream(
         check_viewer(run)
         assert not [x for x in run.browser.exchanges if f":{orthanc.http_port}" in x.url]
         assert fill.filler.status()["ingested"] == 1
+
+
+def test_ohif_study_browser_shows_framecdn_thumbnails(
+    browser_toolchain: Toolchain, ohif_dist: Path, module_settings: Settings,
+    studies: dict[str, Expected], screenshot_path: Path, tmp_path: Path,
+) -> None:
+    """``thumbnailRendering: 'thumbnailDirect'``: the study browser's thumbnail is framecdn's
+    ``.../thumbnail`` as a plain ``<img>`` URL (no frame is fetched for it)."""
+    config = functools.partial(ohif_app_config, thumbnails="thumbnailDirect")
+    run = open_in_ohif(browser_toolchain, ohif_dist, module_settings, "stream",
+                       studies["tomosynthesis"], tmp_path, screenshot_path, app_config=config)
+    check_viewer(run)
+    thumbnails = [x for x in run.browser.to(run.framecdn)
+                  if x.url.split("?")[0].endswith("/thumbnail")]
+    assert thumbnails, run.browser.transcript()
+    for thumbnail in thumbnails:
+        assert thumbnail.ok and thumbnail.finished, str(thumbnail)
+        assert thumbnail.response_header("content-type") == "image/jpeg"
+        assert thumbnail.type == "Image"  # an <img>: it sends no Authorization header

@@ -84,3 +84,21 @@ def test_a_second_demo_reuses_its_study(tmp_path) -> None:
                            timeout=120)
     assert third.returncode == 0 and "generated tomo-4x64x48.dcm" in third.stdout, third.stderr
     assert wait_gone(f"-dir={data_dir}") == []
+
+
+def test_demo_without_npm_says_how_to_get_it_and_serves_the_rest(tmp_path) -> None:
+    data_dir = tmp_path / "demo"
+    no_npm = tmp_path / "bin"  # a PATH without node and npm
+    no_npm.mkdir()
+    env = {**os.environ, "PATH": str(no_npm)}
+    command = demo(data_dir, "--port", str(free_port()), "--viewer", "--viewer-port",
+                   str(free_port()), "--viewer-cache", str(tmp_path / "ohif"))
+    with running(command, marker=f"-dir={data_dir}", stderr=subprocess.STDOUT, env=env,
+                 preexec_fn=ignore_sigint) as process:
+        output = "".join(read_until(process, "Ctrl-C stops"))
+        assert "OHIF viewer not served: npm not found: install Node.js 20+ with npm" in output
+        assert "byte-exact" in output and "viewer    http" not in output, output
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, rest
+    assert wait_gone(f"-dir={data_dir}") == []

@@ -4,14 +4,20 @@ Starts the embedded S3 store, generates a breast tomosynthesis instance (or reus
 the one an earlier run generated with the same size), ingests it, and serves it
 through the origin, checking one frame byte for byte. It prints the ``export``
 lines that point another shell (``framecdn stats``...) at the running store.
+With ``--viewer`` (what ``make demo`` runs) it also serves OHIF, fetched with npm once
+(:mod:`framecdn.viewer`), and prints the URL that opens the study in it; without npm it
+says how to get it and serves the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +30,7 @@ from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.errors import MissingExtra
 from framecdn.framestore.config import Settings
 from framecdn.ingest.pipeline import ingest_paths
+from framecdn.viewer import OHIF_VERSION, ViewerUnavailable, serve_ohif, study_url
 
 if TYPE_CHECKING:
     import uvicorn
@@ -47,6 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--columns", type=int, default=1890, help="columns of each frame")
     parser.add_argument("--port", type=int, default=8080, help="origin port")
     parser.add_argument("--no-serve", action="store_true", help="stop after ingest")
+    parser.add_argument(
+        "--viewer", action="store_true",
+        help="also serve the OHIF viewer (fetched with npm once) and print the study's URL",
+    )
+    parser.add_argument("--viewer-port", type=int, default=3000, help="OHIF's port")
+    parser.add_argument(
+        "--viewer-cache", default=None,
+        help="where OHIF is fetched to (default: the data directory)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -88,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
         if args.no_serve:
             print(exports(store), flush=True)
             return 0
-        return _serve(settings, generated, exports(store))
+        viewer = None
+        if args.viewer:
+            cache = Path(args.viewer_cache).resolve() if args.viewer_cache else data_dir
+            viewer = Viewer(cache, args.viewer_port)
+        return _serve(settings, generated, exports(store), viewer)
 
 
 def demo_uids(frames: int, rows: int, columns: int) -> tuple[str, str, str]:
@@ -105,7 +125,44 @@ def exports(store: EmbeddedS3) -> str:
     return "\n".join(lines)
 
 
-def _serve(settings: Settings, generated: GeneratedInstance, export_lines: str) -> int:
+@dataclass
+class Viewer:
+    """OHIF for the demo: where it is cached, its port, and (once served) the study's URL."""
+
+    cache_dir: Path
+    port: int
+    url: str | None = None
+
+    @contextlib.contextmanager
+    def serving(self, root: str, study_uid: str) -> Iterator[None]:
+        """Serve OHIF for ``root`` while the block runs; a failure is one printed line."""
+        print(f"fetching the OHIF viewer {OHIF_VERSION} with npm (once) ...", flush=True)
+        with contextlib.ExitStack() as stack:
+            try:
+                base = stack.enter_context(serve_ohif(self.cache_dir, root, port=self.port))
+            except (ViewerUnavailable, OSError) as exc:
+                print(f"OHIF viewer not served: {exc}", flush=True)
+            else:
+                self.url = study_url(base, study_uid)
+            yield
+
+
+def _serve(
+    settings: Settings,
+    generated: GeneratedInstance,
+    export_lines: str,
+    viewer: Viewer | None = None,
+) -> int:
+    base = f"http://127.0.0.1:{settings.port}{settings.root_path}"
+    if viewer is None:
+        return _run_origin(settings, generated, export_lines, None)
+    with viewer.serving(base, generated.study_uid):
+        return _run_origin(settings, generated, export_lines, viewer.url)
+
+
+def _run_origin(
+    settings: Settings, generated: GeneratedInstance, export_lines: str, viewer_url: str | None
+) -> int:
     import uvicorn
 
     from framecdn.origin.app import create_app
@@ -126,7 +183,8 @@ def _serve(settings: Settings, generated: GeneratedInstance, export_lines: str) 
         )
     )
     threading.Thread(
-        target=_self_check, args=(server, instance, generated, export_lines), daemon=True
+        target=_self_check, args=(server, instance, generated, export_lines, viewer_url),
+        daemon=True,
     ).start()
     # Serve from a thread so the signals reach us, not uvicorn: we stop it, then the store.
     stopped = threading.Event()
@@ -152,7 +210,11 @@ def _serve(settings: Settings, generated: GeneratedInstance, export_lines: str) 
 
 
 def _self_check(
-    server: uvicorn.Server, instance: str, generated: GeneratedInstance, export_lines: str
+    server: uvicorn.Server,
+    instance: str,
+    generated: GeneratedInstance,
+    export_lines: str,
+    viewer_url: str | None,
 ) -> None:
     """Once the origin is up, fetch frame 1 through it and compare with what was generated."""
     while not server.started:
@@ -163,8 +225,10 @@ def _self_check(
     with urllib.request.urlopen(request) as response:
         body = response.read()
     verdict = "byte-exact" if body == generated.frame(1) else "MISMATCH"
+    viewer = f"  viewer    {viewer_url}\n" if viewer_url else ""
     print(
         f"\nframecdn origin is serving {count(generated.number_of_frames, 'frame')}:\n"
+        f"{viewer}"
         f"  metadata  {instance}/metadata\n"
         f"  frame 1   {instance}/frames/1   ({len(body) / 1e6:.1f} MB, {verdict})\n"
         f"  try:      curl -o frame.bin -H 'Accept: application/octet-stream' "

@@ -504,6 +504,35 @@ class Settings:
         "Scheduling niceness of the fill service (0-19): fills yield the CPU to the origin.",
         check=between(0, 19),
     )
+    # Rendering: thumbnails and rendered frames (needs the render extra)
+    render_workers: int = setting(
+        "FRAMECDN_RENDER_WORKERS", 2,
+        "Worker processes (per origin worker) that render thumbnails and rendered frames.",
+        check=at_least(1),
+    )
+    render_queue: int = setting(
+        "FRAMECDN_RENDER_QUEUE", 32,
+        "Renderings that may wait for a worker; beyond that a rendered request answers 503.",
+        check=at_least(0),
+    )
+    render_jpeg_quality: int = setting(
+        "FRAMECDN_RENDER_JPEG_QUALITY", 90,
+        "JPEG quality of rendered images when the request names none.", check=between(1, 100),
+    )
+    thumbnail_size: int = setting(
+        "FRAMECDN_THUMBNAIL_SIZE", 256,
+        "Thumbnails fit in a square of this many pixels (unless `viewport` says otherwise).",
+        check=between(16, 1024),
+    )
+    render_max_side: int = setting(
+        "FRAMECDN_RENDER_MAX_SIDE", 8192, "Largest viewport width or height a request may ask.",
+        check=between(16, 65535),
+    )
+    render_memory_entries: int = setting(
+        "FRAMECDN_RENDER_MEMORY_ENTRIES", 32,
+        "Recently answered rendered images kept in memory (besides the copy in the bucket).",
+        check=at_least(1),
+    )
     # Ingest
     ingest_workers: int = setting(
         "FRAMECDN_INGEST_WORKERS", 8, "Parallel uploads during ingest.", check=at_least(1)

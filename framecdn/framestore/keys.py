@@ -5,6 +5,7 @@
     {prefix}studies/{S}/series/{Se}/instances/{I}/{G}/frames/{n}   raw frame n (1-based)
     {prefix}studies/{S}/series/{Se}/instances/{I}/{G}/metadata     DICOM JSON of the instance
     {prefix}studies/{S}/series/{Se}/instances/{I}/index.json       the commit marker, naming G
+    {prefix}studies/{S}/series/{Se}/instances/{I}/{G}/rendered/{n}/{name}   frame n as JPEG/PNG
     {prefix}access/studies/{S}                                      the study's last-access marker
 
 ``{G}`` is the *generation*: one write of the instance (the ingest id of its index,
@@ -154,6 +155,18 @@ class KeyLayout:
         """The DICOM JSON of the generation an index names."""
         return self.metadata(index.key, generation=index.generation)
 
+    def rendition_of(self, index: StoredGeneration, number: int, name: str) -> str:
+        """Frame ``number`` of the generation an index names, rendered as image ``name``.
+
+        The origin makes it on demand; it lives with its generation, so eviction, expiry,
+        pinning and the removal of leftover generations treat it like a frame.
+        """
+        if number < 1:
+            raise ValueError(f"frame numbers are 1-based, got {number}")
+        if not _RENDITION_NAME.fullmatch(name):
+            raise ValueError(f"rendition name {name!r} is not key-safe")
+        return f"{self.generation_prefix(index.key, index.generation)}rendered/{number}/{name}"
+
     def index(self, key: InstanceKey) -> str:
         """The commit marker: one per instance, naming its current generation."""
         return f"{self.instance_prefix(key)}index.json"
@@ -197,12 +210,14 @@ class KeyLayout:
 
 
 _FEED_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
-Part = Literal["frame", "metadata", "index"]
+_RENDITION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+Part = Literal["frame", "metadata", "index", "rendition"]
 _OBJECT_KEY = re.compile(
     r"(?P<prefix>(?:[^/]+/)*?)studies/(?P<study>[0-9.]+)/series/(?P<series>[0-9.]+)"
     r"/instances/(?P<instance>[0-9.]+)/"
     r"(?:(?P<index>index\.json)"
-    r"|(?:(?P<generation>[0-9a-f]{16,64})/)?(?:frames/(?P<frame>[1-9][0-9]*)|metadata))"
+    r"|(?:(?P<generation>[0-9a-f]{16,64})/)?(?:frames/(?P<frame>[1-9][0-9]*)|metadata"
+    r"|rendered/[1-9][0-9]*/(?P<rendition>[A-Za-z0-9][A-Za-z0-9._-]{0,199})))"
 )
 
 
@@ -238,6 +253,8 @@ def parse_object_key(object_key: str) -> ParsedKey | None:
     generation = match["generation"]
     if match["frame"] is not None:
         return ParsedKey(prefix, instance, "frame", int(match["frame"]), generation)
+    if match["rendition"] is not None:
+        return ParsedKey(prefix, instance, "rendition", None, generation)
     return ParsedKey(prefix, instance, "metadata", None, generation)
 
 

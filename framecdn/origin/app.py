@@ -41,6 +41,7 @@ from framecdn.origin.proxy import UpstreamProxy, proxy_endpoint
 from framecdn.origin.qido import qido_endpoint
 from framecdn.origin.qido_bucket import BucketSearch
 from framecdn.origin.readthrough import ReadThrough
+from framecdn.origin.rendered import Renderings, rendered_endpoint, thumbnail_endpoint
 from framecdn.origin.scope import ReadScope
 from framecdn.origin.storage import ObjectStore
 from framecdn.origin.urls import normalise_root
@@ -65,6 +66,7 @@ class Origin:
         self.upstream = UpstreamProxy(self) if settings.upstream_url else None
         self.readthrough = ReadThrough(self)
         self.fills = FillRequests(settings, self.metrics)
+        self.renderings = Renderings(self)
         self.delivery = Delivery(settings)
         self.recorder = AccessRecorder(settings.access_marker_seconds)
         self.prefetch = settings.frame_prefetch
@@ -76,6 +78,7 @@ class Origin:
         await self.fills.aclose()
         if self.upstream is not None:
             await self.upstream.aclose()
+        self.renderings.close()
         await self.access.aclose()
         await self.store.aclose()
 
@@ -91,6 +94,12 @@ def _routes(origin: Origin) -> list[Route]:
 
     return [
         Route(instance + "/frames/{frames}", frames_endpoint, methods=methods),
+        Route(instance + "/frames/{frames}/rendered", rendered_endpoint, methods=methods),
+        Route(instance + "/rendered", rendered_endpoint, methods=methods),
+        Route(instance + "/frames/{frames}/thumbnail", thumbnail_endpoint, methods=methods),
+        Route(instance + "/thumbnail", thumbnail_endpoint, methods=methods),
+        Route(series + "/thumbnail", thumbnail_endpoint, methods=methods),
+        Route(root + "/studies/{study}/thumbnail", thumbnail_endpoint, methods=methods),
         Route(instance + "/metadata", metadata_endpoint, methods=methods),
         Route(series + "/metadata", metadata_endpoint, methods=methods),
         Route(root + "/studies/{study}/metadata", metadata_endpoint, methods=methods),

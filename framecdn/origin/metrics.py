@@ -94,6 +94,19 @@ class Metrics:
         self.index_cache = Counter(
             "framecdn_index_cache", "Index cache lookups", ["result"], registry=r
         )
+        self.renditions = Counter(
+            "framecdn_renditions",
+            "Rendered images and thumbnails answered, by where they came from: rendered now, "
+            "read from the bucket, or from memory",
+            ["source"],
+            registry=r,
+        )
+        self.render_seconds = Histogram(
+            "framecdn_render_seconds",
+            "Time one rendering took in its worker process (decode to encoded image)",
+            buckets=_BUCKETS,
+            registry=r,
+        )
         self.aborted_streams = Counter(
             "framecdn_aborted_streams",
             "Streams cut because a frame object was missing or short mid-body",

@@ -352,10 +352,16 @@ class ObjectStore:
             if not truncated or not token:
                 return keys
 
-    async def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
-        """PUT a small object (the origin only writes access markers)."""
+    async def put_bytes(
+        self, key: str, body: bytes, content_type: str, *, tagging: str | None = None
+    ) -> None:
+        """PUT a small object (the origin writes access markers and rendered images);
+        ``tagging`` is the URL-encoded object tag set (``x-amz-tagging``)."""
         url = f"{self.endpoint}/{self.bucket}/{quote(key, safe='/~')}"
-        headers = self._signed_headers("PUT", url, body, {"Content-Type": content_type})
+        unsigned = {"Content-Type": content_type}
+        if tagging is not None:
+            unsigned["x-amz-tagging"] = tagging
+        headers = self._signed_headers("PUT", url, body, unsigned)
 
         async def read(response: aiohttp.ClientResponse) -> None:
             text = (await response.read())[:300].decode(errors="replace")

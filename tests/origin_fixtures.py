@@ -165,7 +165,7 @@ def pydicom_frames(path: Path) -> list[bytes]:
 async def _flush(origin: Origin, settings: Settings) -> int:
     store = ObjectStore(settings)  # the app's own store belongs to the server's event loop
     try:
-        return await flush_once(store, origin.layout, origin.recorder)
+        return await flush_once(store, origin.recorder)
     finally:
         await store.aclose()
 

@@ -48,7 +48,7 @@ from tests.auth_fixtures import (
     rsa_key,
     two_clinics,
 )
-from tests.origin_fixtures import Expected, RunningOrigin, run_origin
+from tests.origin_fixtures import Expected, RunningOrigin, flush_access_markers, run_origin
 
 SINGLE = "application/octet-stream"
 OHIF_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax="*"'
@@ -165,6 +165,28 @@ def test_keycloak_shaped_rs256_token_reads_its_own_sites_frames_and_metadata(
         metadata = http.get(url, headers=bearer(token))
         assert metadata.status_code == 200, url
         assert metadata.json()[0]["0020000D"]["Value"] == [clinics.a1.study]
+
+
+def test_reads_leave_their_access_marker_under_the_sites_prefix(
+    http: httpx.Client, served: RunningOrigin, clinics: Clinics, provider: IdentityProvider,
+    s3_client: Any,
+) -> None:
+    """Each site's sweeper reads the markers under its own prefix: a read goes there."""
+    for site, inst in (("a", clinics.a1), ("b", clinics.b1)):
+        answer = http.get(
+            frame_url(served, inst), headers={**bearer(provider.token(site=site)),
+                                              "Accept": SINGLE}
+        )
+        assert answer.status_code == 200
+    flush_access_markers(served)  # (a read already marked this hour is not due again)
+    base = clinics.base.prefix
+    for site, inst in (("a", clinics.a1), ("b", clinics.b1)):
+        marker = KeyLayout(f"{base}/{site}").access_marker(inst.study)
+        body = s3_client.get_object(Bucket=clinics.base.bucket, Key=marker)["Body"].read()
+        assert json.loads(body)["study"] == inst.study
+    stray = KeyLayout(base).access_prefix()
+    listed = s3_client.list_objects_v2(Bucket=clinics.base.bucket, Prefix=stray)
+    assert listed.get("KeyCount", 0) == 0  # nothing under the origin's own prefix
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from framecdn.framestore.bucket import Bucket
 
 ACCESS_FLUSH_SECONDS = 3600
+#: What a read is recorded under: a study UID, or ``(key prefix, study UID)`` where several
+#: sites share the bucket (each site's sweeper reads the markers under its own prefix).
+Read = Hashable
 
 
 def encode_marker(study: str, last_access: float) -> bytes:
@@ -45,15 +48,16 @@ class AccessRecorder:
     def __init__(self, flush_seconds: float = ACCESS_FLUSH_SECONDS) -> None:
         self.flush_seconds = flush_seconds
         self._lock = threading.Lock()
-        self._last_access: dict[str, float] = {}
-        self._last_flush: dict[str, float] = {}
+        self._last_access: dict[Read, float] = {}
+        self._last_flush: dict[Read, float] = {}
 
-    def record(self, study: str, now: float | None = None) -> None:
+    def record(self, study: Read, now: float | None = None) -> None:
+        """Note a read of ``study`` (the origin passes ``(key prefix, study UID)``)."""
         now = time.time() if now is None else now
         with self._lock:
             self._last_access[study] = now
 
-    def due(self, now: float | None = None) -> Iterator[tuple[str, float]]:
+    def due(self, now: float | None = None) -> Iterator[tuple[Read, float]]:
         """Studies whose marker should be (re)written now, marked as flushed."""
         now = time.time() if now is None else now
         with self._lock:

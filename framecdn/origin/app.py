@@ -128,7 +128,7 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         flusher = asyncio.create_task(
             flush_forever(
-                origin.store, origin.layout, origin.recorder, settings.access_flush_seconds
+                origin.store, origin.recorder, settings.access_flush_seconds
             )
         )
         try:
@@ -139,7 +139,7 @@ def create_app(settings: Settings) -> Starlette:
                 await flusher
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
-                    flush_once(origin.store, origin.layout, origin.recorder),
+                    flush_once(origin.store, origin.recorder),
                     timeout=settings.s3_connect_timeout + settings.s3_read_timeout,
                 )
             await origin.aclose()

@@ -26,6 +26,7 @@ from framecdn.framestore.keys import InstanceKey, InvalidUID
 from framecdn.origin.errors import error_response, s3_error_response
 from framecdn.origin.framelist import InvalidFrameList, check_in_range, parse_frame_list
 from framecdn.origin.instances import Found
+from framecdn.origin.markers import record_read, served_from
 from framecdn.origin.metrics import label
 from framecdn.origin.multipart import MultipartLayout, Part
 from framecdn.origin.negotiation import NotAcceptable, Representation, negotiate
@@ -71,7 +72,7 @@ async def frames_endpoint(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     response = await _frames(request, origin)
     if response.status_code in SERVED:
-        origin.recorder.record(request.path_params["study"])
+        record_read(origin.recorder, request.scope, request.path_params["study"])
     return response
 
 
@@ -111,6 +112,7 @@ async def _answer(
 ) -> Response:
     """The answer from one committed generation of the instance."""
     key = found.key
+    served_from(request.scope, found.layout)
     index = found.index
     try:
         check_in_range(numbers, index.number_of_frames)

@@ -2,13 +2,18 @@
 
 Requests only call ``AccessRecorder.record`` (a dict write); this task wakes up
 every ``interval`` seconds and writes the markers ``recorder.due()`` hands out,
-which is at most once per study per flush period.
+which is at most once per study per flush period. Reads are recorded as
+``(key prefix, study)``: a study read from a site's prefix gets its marker there, where
+that site's sweeper looks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
+
+from starlette.types import Scope
 
 from framecdn.framestore.access import AccessRecorder, encode_marker
 from framecdn.framestore.keys import KeyLayout
@@ -17,13 +22,36 @@ from framecdn.origin.storage import ObjectStore, S3Error
 log = logging.getLogger(__name__)
 
 
-async def flush_once(store: ObjectStore, layout: KeyLayout, recorder: AccessRecorder) -> int:
+#: ASGI scope key: the layout (site) a request's answer was read from, when one was.
+SERVED_FROM = "framecdn.served_from"
+
+
+def served_from(scope: Scope, layout: KeyLayout) -> None:
+    """Note that this request's answer comes from the bucket under ``layout``."""
+    scope[SERVED_FROM] = layout
+
+
+def record_read(recorder: AccessRecorder, scope: Scope, study: str) -> None:
+    """Record a served read of ``study`` under the prefix it was read from.
+
+    Answers from the upstream (or from several sites at once) note no layout and leave
+    no marker: the sweeper ranks what it has not seen read by when it was written.
+    """
+    layout = scope.get(SERVED_FROM)
+    if isinstance(layout, KeyLayout):
+        recorder.record((layout.prefix, study))
+
+
+async def flush_once(store: ObjectStore, recorder: AccessRecorder) -> int:
     """Write every due marker now; returns how many were written."""
     written = 0
-    for study, last_access in list(recorder.due()):
+    for read, last_access in list(recorder.due()):
+        prefix, study = cast(tuple[str, str], read)
         try:
             await store.put_bytes(
-                layout.access_marker(study), encode_marker(study, last_access), "application/json"
+                KeyLayout(prefix).access_marker(study),
+                encode_marker(study, last_access),
+                "application/json",
             )
             written += 1
         except S3Error as exc:
@@ -31,12 +59,10 @@ async def flush_once(store: ObjectStore, layout: KeyLayout, recorder: AccessReco
     return written
 
 
-async def flush_forever(
-    store: ObjectStore, layout: KeyLayout, recorder: AccessRecorder, interval: float
-) -> None:
+async def flush_forever(store: ObjectStore, recorder: AccessRecorder, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await flush_once(store, layout, recorder)
+            await flush_once(store, recorder)
         except Exception:  # keep the task alive whatever happens
             log.exception("access marker flush failed")

@@ -30,6 +30,7 @@ from framecdn.origin.cache import TTLCache
 from framecdn.origin.errors import error_response, s3_error_response
 from framecdn.origin.frames import SERVED, etag_matches
 from framecdn.origin.instances import Found
+from framecdn.origin.markers import record_read, served_from
 from framecdn.origin.metrics import label
 from framecdn.origin.negotiation import accepts
 from framecdn.origin.scope import ReadScope, read_scope
@@ -209,7 +210,7 @@ async def metadata_endpoint(request: Request) -> Response:
     origin: Origin = request.app.state.origin
     response = await _metadata(request, origin)
     if response.status_code in SERVED:
-        origin.recorder.record(request.path_params["study"])
+        record_read(origin.recorder, request.scope, request.path_params["study"])
     return response
 
 
@@ -272,6 +273,8 @@ async def _metadata(request: Request, origin: Origin) -> Response:
         return proxied
     if rendered is None:
         return error_response(404, "not found")
+    if len(layouts) == 1:  # an all-sites caller's answer may mix sites: frames say which
+        served_from(request.scope, layouts[0])
     use_gzip = rendered.gzipped is not None and accepts_gzip(request.headers.get("accept-encoding"))
     etag = f'"{rendered.etag}-gz"' if use_gzip else f'"{rendered.etag}"'
     headers = {

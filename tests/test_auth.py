@@ -171,13 +171,19 @@ def test_reads_leave_their_access_marker_under_the_sites_prefix(
     http: httpx.Client, served: RunningOrigin, clinics: Clinics, provider: IdentityProvider,
     s3_client: Any,
 ) -> None:
-    """Each site's sweeper reads the markers under its own prefix: a read goes there."""
-    for site, inst in (("a", clinics.a1), ("b", clinics.b1)):
-        answer = http.get(
-            frame_url(served, inst), headers={**bearer(provider.token(site=site)),
-                                              "Accept": SINGLE}
-        )
-        assert answer.status_code == 200
+    """Each site's sweeper reads the markers under its own prefix: a read goes there
+    (a frame read at site a, a rendered thumbnail at site b)."""
+    frame = http.get(
+        frame_url(served, clinics.a1), headers={**bearer(provider.token(site="a")),
+                                                "Accept": SINGLE}
+    )
+    assert frame.status_code == 200
+    b1 = clinics.b1
+    thumbnail = http.get(
+        f"{served.root}/studies/{b1.study}/series/{b1.series}/instances/{b1.sop}/thumbnail",
+        headers={**bearer(provider.token(site="b")), "Accept": "image/png"},
+    )
+    assert thumbnail.status_code == 200, thumbnail.text
     flush_access_markers(served)  # (a read already marked this hour is not due again)
     base = clinics.base.prefix
     for site, inst in (("a", clinics.a1), ("b", clinics.b1)):

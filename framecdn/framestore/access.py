@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from framecdn.framestore.keys import KeyLayout
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 ACCESS_FLUSH_SECONDS = 3600
 #: What a read is recorded under: a study UID, or ``(key prefix, study UID)`` where several
 #: sites share the bucket (each site's sweeper reads the markers under its own prefix).
-Read = Hashable
+Read = TypeVar("Read", bound=Hashable)
 
 
 def encode_marker(study: str, last_access: float) -> bytes:
@@ -37,7 +37,7 @@ def decode_marker(raw: bytes) -> tuple[str, float]:
     return str(data["study"]), float(data["last_access"])
 
 
-class AccessRecorder:
+class AccessRecorder(Generic[Read]):
     """In-memory record of study reads; says which studies are due for a marker write.
 
     ``record`` is called on every request and only touches a dict under a lock.

@@ -34,7 +34,7 @@ from framecdn.origin.fill_requests import FillRequests
 from framecdn.origin.frames import frames_endpoint
 from framecdn.origin.health import healthz, readyz
 from framecdn.origin.instances import InstanceIndexes
-from framecdn.origin.markers import flush_forever, flush_once
+from framecdn.origin.markers import SiteReads, flush_forever, flush_once
 from framecdn.origin.metadata import MetadataService, metadata_endpoint
 from framecdn.origin.metrics import Metrics, MetricsMiddleware
 from framecdn.origin.proxy import UpstreamProxy, proxy_endpoint
@@ -68,7 +68,7 @@ class Origin:
         self.fills = FillRequests(settings, self.metrics)
         self.renderings = Renderings(self)
         self.delivery = Delivery(settings)
-        self.recorder = AccessRecorder(settings.access_marker_seconds)
+        self.recorder: SiteReads = AccessRecorder(settings.access_marker_seconds)
         self.prefetch = settings.frame_prefetch
         self.chunk_size = settings.stream_chunk_bytes
         #: Who may read what (docs/security.md); with auth off only the query-token strip.

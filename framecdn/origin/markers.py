@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
 
 from starlette.types import Scope
 
@@ -22,6 +21,9 @@ from framecdn.origin.storage import ObjectStore, S3Error
 log = logging.getLogger(__name__)
 
 
+#: The origin's reads: ``(key prefix of the site read from, study UID)``.
+SiteReads = AccessRecorder[tuple[str, str]]
+
 #: ASGI scope key: the layout (site) a request's answer was read from, when one was.
 SERVED_FROM = "framecdn.served_from"
 
@@ -31,7 +33,7 @@ def served_from(scope: Scope, layout: KeyLayout) -> None:
     scope[SERVED_FROM] = layout
 
 
-def record_read(recorder: AccessRecorder, scope: Scope, study: str) -> None:
+def record_read(recorder: SiteReads, scope: Scope, study: str) -> None:
     """Record a served read of ``study`` under the prefix it was read from.
 
     Answers from the upstream (or from several sites at once) note no layout and leave
@@ -42,11 +44,11 @@ def record_read(recorder: AccessRecorder, scope: Scope, study: str) -> None:
         recorder.record((layout.prefix, study))
 
 
-async def flush_once(store: ObjectStore, recorder: AccessRecorder) -> int:
+async def flush_once(store: ObjectStore, recorder: SiteReads) -> int:
     """Write every due marker now; returns how many were written."""
     written = 0
     for read, last_access in list(recorder.due()):
-        prefix, study = cast(tuple[str, str], read)
+        prefix, study = read
         try:
             await store.put_bytes(
                 KeyLayout(prefix).access_marker(study),
@@ -59,7 +61,7 @@ async def flush_once(store: ObjectStore, recorder: AccessRecorder) -> int:
     return written
 
 
-async def flush_forever(store: ObjectStore, recorder: AccessRecorder, interval: float) -> None:
+async def flush_forever(store: ObjectStore, recorder: SiteReads, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:

@@ -51,6 +51,7 @@ from framecdn.origin.errors import error_response, s3_error_response, server_err
 from framecdn.origin.framelist import InvalidFrameList, check_in_range, parse_frame_list
 from framecdn.origin.frames import SERVED, etag_matches
 from framecdn.origin.instances import Found
+from framecdn.origin.markers import record_read, served_from
 from framecdn.origin.metrics import label
 from framecdn.origin.rendition import (
     CannotRender,
@@ -239,7 +240,7 @@ async def rendered_endpoint(request: Request) -> Response:
     label(request.scope, route="rendered", mode="-")
     response = await _rendered(request, origin, thumbnail=False)
     if response.status_code in SERVED:
-        origin.recorder.record(request.path_params["study"])
+        record_read(origin.recorder, request.scope, request.path_params["study"])
     return response
 
 
@@ -252,7 +253,7 @@ async def thumbnail_endpoint(request: Request) -> Response:
     else:
         response = await _representative_thumbnail(request, origin)
     if response.status_code in SERVED:
-        origin.recorder.record(request.path_params["study"])
+        record_read(origin.recorder, request.scope, request.path_params["study"])
     return response
 
 
@@ -411,6 +412,7 @@ async def _answer(
     request: Request, origin: Origin, found: Found, number: int, rendition: Rendition
 ) -> Response:
     """The rendition of ``number``: 304 on a matching ETag, else the image."""
+    served_from(request.scope, found.layout)
     index = found.index
     name = rendition.object_name(index.frame(number).sha256, index.metadata_sha256)
     digest = name.rsplit("-", 1)[1].split(".", 1)[0]

@@ -50,6 +50,7 @@ from framecdn.embedded_s3 import EmbeddedS3  # noqa: E402
 from framecdn.framestore.bucket import Bucket  # noqa: E402
 from framecdn.framestore.keys import InstanceKey, KeyLayout  # noqa: E402
 from framecdn.ingest.pipeline import ingest_file  # noqa: E402
+from framecdn.process_stop import stop_process  # noqa: E402
 from framecdn.synthetic import GeneratedInstance, write_tomosynthesis  # noqa: E402
 from tests.orthanc_fixtures import OrthancServer, missing_reason  # noqa: E402
 
@@ -78,15 +79,6 @@ def start_serve(
                 process.kill()
                 raise RuntimeError(f"framecdn serve did not start; see {log}") from None
             time.sleep(0.1)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
 
 
 def instance_path(g: GeneratedInstance) -> str:
@@ -187,7 +179,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             filled = sum(bucket.get_or_none(layout.index(k)) is not None for k in keys)
             after = timer.samples(args.samples)
         finally:
-            stop(process)
+            stop_process(process, 60)
     megabytes = args.instances * args.frames * args.rows * args.columns * 2 / 1e6
     print()
     print(f"fills: {filled}/{len(keys)} instances ({megabytes:.0f} MB of frames) in "

@@ -50,6 +50,7 @@ import psutil
 from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex
+from framecdn.process_stop import stop_process
 from framecdn.synthetic import write_tomosynthesis
 
 SINGLE = {"Accept": "application/octet-stream"}
@@ -328,11 +329,7 @@ def main() -> int:
             ok = report(phases, args)
         finally:
             if origin is not None:
-                origin.terminate()
-                try:
-                    origin.wait(15)
-                except subprocess.TimeoutExpired:
-                    origin.kill()
+                stop_process(origin, 15)
             store.stop()
     return 0 if ok else 1
 

@@ -58,6 +58,7 @@ from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex
 from framecdn.framestore.keys import KeyLayout
 from framecdn.framestore.s3 import Presigner, resolve_credentials
+from framecdn.process_stop import stop_process
 from framecdn.synthetic import write_tomosynthesis
 from tests.nginx_fixtures import RunningNginx, nginx_binary_or_none, run_nginx
 
@@ -133,11 +134,7 @@ class Origin:
     root: str
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process, 15)
 
 
 def start_origin(store: EmbeddedS3, settings: Settings, delivery: str, log: Path) -> Origin:

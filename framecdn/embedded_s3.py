@@ -35,6 +35,7 @@ from typing import Any
 from framecdn.errors import FramecdnError, MissingExtra
 from framecdn.framestore.config import Settings
 from framecdn.framestore.s3 import make_client
+from framecdn.process_stop import stop_process_group
 
 GRPC_OFFSET = 10000
 LOCK_FILE = "framecdn-s3.lock"
@@ -317,15 +318,8 @@ class EmbeddedS3:
     def stop(self, timeout: float = 15.0) -> None:
         process, self._process = self._process, None
         try:
-            if process is None or process.poll() is not None:
-                return
-            os.killpg(process.pid, signal.SIGTERM)
-            os.killpg(process.pid, signal.SIGCONT)  # a paused store must see the SIGTERM
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
+            if process is not None:
+                stop_process_group(process, timeout)  # a paused store sees the SIGTERM too
         finally:
             self._release_lock()
 

@@ -28,6 +28,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from framecdn.framestore.config import Settings
+from framecdn.process_stop import stop_process_group
 from tests.origin_fixtures import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -192,16 +193,6 @@ def _wait_listening(process: subprocess.Popen[bytes], directory: Path, port: int
         time.sleep(0.02)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGQUIT)  # graceful: workers finish, master exits
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-
-
 @contextlib.contextmanager
 def run_nginx(
     binary: str,
@@ -229,4 +220,5 @@ def run_nginx(
         base = f"http://127.0.0.1:{port}"
         yield RunningNginx(base, base + values["FRAMECDN_ROOT_PATH"], directory, process)
     finally:
-        _stop(process)
+        # SIGQUIT is nginx's graceful stop: workers finish their requests, the master exits.
+        stop_process_group(process, 10, signum=signal.SIGQUIT)

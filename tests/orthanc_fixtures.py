@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -33,6 +32,7 @@ from typing import Any, Self
 
 import httpx
 
+from framecdn.process_stop import stop_process_group
 from tests.origin_fixtures import free_port
 
 ORTHANC_CANDIDATES = ("/usr/sbin/Orthanc",)
@@ -179,14 +179,8 @@ class OrthancServer:
 
     def stop(self, timeout: float = 20.0) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        if process is not None:
+            stop_process_group(process, timeout, kill_wait=10)
 
     def restart(self) -> None:
         """Stop, then start again on the same ports, storage and index."""

@@ -14,7 +14,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import DELIVERY_MODES, ENVIRONMENT, Settings
 from framecdn.framestore.upstream_auth import upstream_authorization
 from framecdn.origin.auth import AccessControl
+from framecdn.process_stop import stop_process
 
 log = logging.getLogger("framecdn.serve")
 #: Seconds the fill service may take to start.
@@ -116,13 +116,7 @@ def fill_service(settings: Settings) -> Iterator[str | None]:
         log.info("fill service started on %s (pid %d)", url, child.pid)
         yield url
     finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(10)
+        stop_process(child, 30)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.framestore.retention import RETENTION_TAG
 from framecdn.ingest.pipeline import Ingestor, ingest_file, ingest_paths
 from framecdn.synthetic import write_encapsulated, write_tomosynthesis
+from tests.cli_fixtures import cli_environment, framecdn_command
 from tests.conftest import list_keys
 from tests.processes import running
 
@@ -247,15 +246,7 @@ def test_an_instance_failing_after_its_first_frames_leaves_nothing(
 
 def _cli(settings, *args: str):
     """``framecdn ARGS`` in a subprocess for the test's prefix; killed if the test fails."""
-    env = dict(os.environ)
-    env.update(
-        FRAMECDN_S3_ENDPOINT=settings.s3_endpoint,
-        FRAMECDN_BUCKET=settings.bucket,
-        FRAMECDN_PREFIX=settings.prefix,
-        AWS_ACCESS_KEY_ID=settings.aws_access_key_id,
-        AWS_SECRET_ACCESS_KEY=settings.aws_secret_access_key,
-    )
-    return running([sys.executable, "-m", "framecdn", *args], env=env)
+    return running(framecdn_command(*args), env=cli_environment(settings))
 
 
 def test_cli_reports_each_failure_and_exits_nonzero(settings, tmp_path) -> None:

@@ -17,23 +17,9 @@ from pathlib import Path
 import pytest
 
 from framecdn.synthetic import write_tomosynthesis
+from tests.cli_fixtures import run_framecdn
 
 TIMEOUT = 60
-
-
-def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
-        FRAMECDN_S3_ENDPOINT=settings.s3_endpoint,
-        FRAMECDN_BUCKET=settings.bucket,
-        FRAMECDN_PREFIX=settings.prefix,
-        AWS_ACCESS_KEY_ID=settings.aws_access_key_id,
-        AWS_SECRET_ACCESS_KEY=settings.aws_secret_access_key,
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "framecdn", *args], env=env, capture_output=True, text=True,
-        timeout=TIMEOUT,  # a hang fails the test (TimeoutExpired) and the child is killed
-    )
 
 
 @pytest.fixture
@@ -53,7 +39,9 @@ def folder_with_a_fifo(tmp_path: Path):
 def test_fifo_and_socket_in_a_folder_are_reported_not_waited_on(
     settings, folder_with_a_fifo: Path
 ) -> None:
-    done = _cli(settings, "ingest", "--no-progress", str(folder_with_a_fifo))
+    done = run_framecdn(
+        settings, "ingest", "--no-progress", str(folder_with_a_fifo), timeout=TIMEOUT
+    )
     failed = sorted(line for line in done.stderr.splitlines() if line.startswith("FAILED"))
     assert failed == [
         f"FAILED {folder_with_a_fifo / 'b.fifo'}: not a regular file (a FIFO)",
@@ -65,7 +53,9 @@ def test_fifo_and_socket_in_a_folder_are_reported_not_waited_on(
 
 def test_fifo_named_on_the_command_line_is_refused(settings, tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe")
-    done = _cli(settings, "ingest", "--no-progress", str(tmp_path / "pipe"))
+    done = run_framecdn(
+        settings, "ingest", "--no-progress", str(tmp_path / "pipe"), timeout=TIMEOUT
+    )
     assert f"FAILED {tmp_path / 'pipe'}: not a regular file (a FIFO)" in done.stderr
     assert done.returncode == 1
 

@@ -9,9 +9,6 @@ request for one is a client error, never a 5xx.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -26,6 +23,7 @@ from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.ingest.pipeline import ingest_paths
 from framecdn.ingest.splitter import InvalidInstance, open_instance
 from framecdn.synthetic import write_tomosynthesis
+from tests.cli_fixtures import run_framecdn
 from tests.conftest import list_keys
 from tests.dicom_files import write_metadata_only
 from tests.origin_fixtures import run_origin
@@ -129,24 +127,9 @@ def test_a_pacs_folder_with_documents_ingests_cleanly(s3_client, settings, tmp_p
     assert {r.status for r in again.results} == {"skipped"}
 
 
-def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
-        FRAMECDN_S3_ENDPOINT=settings.s3_endpoint,
-        FRAMECDN_BUCKET=settings.bucket,
-        FRAMECDN_PREFIX=settings.prefix,
-        AWS_ACCESS_KEY_ID=settings.aws_access_key_id,
-        AWS_SECRET_ACCESS_KEY=settings.aws_secret_access_key,
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "framecdn", *args], env=env, capture_output=True, text=True,
-        timeout=120,
-    )
-
-
 def test_cli_exits_zero_on_a_folder_with_documents(settings, tmp_path) -> None:
     _pacs_folder(tmp_path / "pacs")
-    done = _cli(settings, "ingest", "--no-progress", str(tmp_path / "pacs"))
+    done = run_framecdn(settings, "ingest", "--no-progress", str(tmp_path / "pacs"), timeout=120)
     assert done.returncode == 0, done.stderr
     assert "2 instances ingested, 4 metadata-only" in done.stdout
     assert "FAILED" not in done.stderr

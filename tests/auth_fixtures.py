@@ -108,6 +108,11 @@ class IdentityProvider:
         )
 
 
+def bearer(token: str) -> dict[str, str]:
+    """The request header that carries ``token``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
 @contextlib.contextmanager
 def identity_provider() -> Iterator[IdentityProvider]:
     """The realm's JWKS served on a free loopback port until the block ends."""

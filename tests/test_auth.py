@@ -44,29 +44,18 @@ from tests.auth_fixtures import (
     Clinics,
     IdentityProvider,
     auth_settings,
-    identity_provider,
+    bearer,
     rsa_key,
-    two_clinics,
 )
 from tests.origin_fixtures import Expected, RunningOrigin, flush_access_markers, run_origin
+
+pytest_plugins = ["tests.auth_plugin"]
 
 SINGLE = "application/octet-stream"
 OHIF_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax="*"'
 
 
 # --- fixtures ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[IdentityProvider]:
-    with identity_provider() as realm:
-        yield realm
-
-
-@pytest.fixture(scope="module")
-def clinics(s3_store: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory) -> Clinics:
-    base = s3_store.settings(prefix=f"auth-{uuid.uuid4().hex[:10]}")
-    return two_clinics(base, tmp_path_factory.mktemp("clinics"))
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +95,6 @@ def elsewhere(inst: Expected) -> Uids:
     """The same series and instance UIDs under a study that exists nowhere."""
     study = inst.study[:-1] + ("2" if inst.study[-1] == "1" else "1")
     return Uids(study, inst.series, inst.sop)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def b64(data: bytes) -> str:

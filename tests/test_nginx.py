@@ -30,7 +30,6 @@ from framecdn.synthetic import write_tomosynthesis
 from tests.nginx_fixtures import (
     TEMPLATE,
     RunningNginx,
-    nginx_binary_or_none,
     render_template,
     run_nginx,
     template_variables,
@@ -39,26 +38,11 @@ from tests.nginx_fixtures import (
 )
 from tests.origin_fixtures import Expected, RunningOrigin, ingest, run_origin
 
+pytest_plugins = ["tests.nginx_plugin"]
+
 SINGLE = "application/octet-stream"
 OHIF_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax="*"'
 EVLE = "1.2.840.10008.1.2.1"
-
-
-# --- nginx binary ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def nginx_binary() -> str:
-    """The nginx to run; skip without one, but fail under CI (a missing server is a fault)."""
-    found = nginx_binary_or_none()
-    if found is None:
-        reason = (
-            "nginx binary not found at /usr/sbin/nginx or on PATH (apt-get install nginx-light)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
-        pytest.skip(reason)
-    return found
 
 
 # --- data and servers --------------------------------------------------------------
@@ -100,17 +84,6 @@ def delete_frame_object(settings: Settings, inst: Expected, number: int) -> None
 def stream_origin(module_settings: Settings, instance: Expected) -> Iterator[RunningOrigin]:
     with run_origin(module_settings) as served:
         yield served
-
-
-@pytest.fixture(scope="module")
-def stream_nginx(
-    nginx_binary: str, stream_origin: RunningOrigin, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningNginx]:
-    with run_nginx(
-        nginx_binary, tmp_path_factory.mktemp("nginx-stream"), stream_origin.base,
-        stream_origin.settings,
-    ) as proxy:
-        yield proxy
 
 
 @pytest.fixture(scope="module")

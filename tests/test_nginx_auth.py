@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,18 +23,18 @@ from typing import Any
 import httpx
 import pytest
 
-from framecdn.embedded_s3 import EmbeddedS3
 from tests.auth_fixtures import (
     CACHE_SECRET,
     VIEWER,
     Clinics,
     IdentityProvider,
     auth_settings,
-    identity_provider,
-    two_clinics,
+    bearer,
 )
-from tests.nginx_fixtures import RunningNginx, nginx_binary_or_none, run_nginx
+from tests.nginx_fixtures import RunningNginx, run_nginx
 from tests.origin_fixtures import Expected, RunningOrigin, run_origin
+
+pytest_plugins = ["tests.auth_plugin", "tests.nginx_plugin"]
 
 SINGLE = "application/octet-stream"
 OHIF_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax="*"'
@@ -47,53 +45,15 @@ LOG_LINE = re.compile(
 
 
 @pytest.fixture(scope="module")
-def nginx_binary() -> str:
-    found = nginx_binary_or_none()
-    if found is None:
-        reason = "nginx binary not found at /usr/sbin/nginx or on PATH (apt-get install nginx)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
-        pytest.skip(reason)
-    return found
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[IdentityProvider]:
-    with identity_provider() as realm:
-        yield realm
-
-
-@pytest.fixture(scope="module")
-def clinics(s3_store: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory) -> Clinics:
-    base = s3_store.settings(prefix=f"nginx-auth-{uuid.uuid4().hex[:10]}")
-    return two_clinics(base, tmp_path_factory.mktemp("nginx-clinics"))
-
-
-@pytest.fixture(scope="module")
 def stream_origin(clinics: Clinics, provider: IdentityProvider) -> Iterator[RunningOrigin]:
     with run_origin(auth_settings(clinics, provider, cache_secret=CACHE_SECRET)) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def stream_nginx(
-    nginx_binary: str, stream_origin: RunningOrigin, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningNginx]:
-    with run_nginx(
-        nginx_binary, tmp_path_factory.mktemp("nginx-auth-stream"), stream_origin.base,
-        stream_origin.settings,
-    ) as proxy:
-        yield proxy
-
-
-@pytest.fixture(scope="module")
 def http() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=30) as client:
         yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def log_lines(proxy: RunningNginx) -> list[dict[str, Any]]:

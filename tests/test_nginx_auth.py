@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.auth_fixtures import (
     auth_settings,
     bearer,
 )
+from tests.flooding import flood_while_calm
 from tests.nginx_fixtures import RunningNginx, run_nginx
 from tests.origin_fixtures import Expected, RunningOrigin, run_origin
 
@@ -236,40 +236,18 @@ def test_nginx_limits_one_flooding_credential_not_the_others(
     ) as proxy, httpx.Client(timeout=10) as client:
         url = proxy.frames_url(clinics.a1, "1")
         flooding, calm = provider.token(site="a"), provider.token(site="a")
-        statuses: list[int] = []
-        retry_after: set[str] = set()
-        stop = threading.Event()
-
-        def flood() -> None:
-            with httpx.Client(timeout=10) as own:
-                while not stop.is_set():
-                    response = own.get(url, headers={"Accept": SINGLE, **bearer(flooding)})
-                    statuses.append(response.status_code)
-                    retry_after.add(response.headers.get("retry-after", ""))
-
-        threads = [threading.Thread(target=flood) for _ in range(2)]
-        flood_started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        latencies = []
-        try:
-            for _ in range(12):
-                started = time.perf_counter()
-                response = client.get(url, headers={"Accept": SINGLE, **bearer(calm)})
-                latencies.append(time.perf_counter() - started)
-                assert response.status_code == 200
-                time.sleep(0.2)  # 5/s: within the per-credential rate
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(10)
-        flood_seconds = time.monotonic() - flood_started
+        flood = flood_while_calm(
+            url, {"Accept": SINGLE, **bearer(flooding)}, {"Accept": SINGLE, **bearer(calm)},
+            calm_requests=12, calm_pause=0.2,  # 5/s: within the per-credential rate
+        )
         # The flood got its burst and its rate, no more; the rest was refused.
-        allowed = 5 + 1 + 10 * flood_seconds * 1.1
-        assert 0 < statuses.count(200) <= allowed, (statuses.count(200), flood_seconds)
+        statuses = flood.statuses
+        allowed = 5 + 1 + 10 * flood.seconds * 1.1
+        assert 0 < statuses.count(200) <= allowed, (statuses.count(200), flood.seconds)
         assert statuses.count(429) > 0 and set(statuses) == {200, 429}
-        assert "1" in retry_after
-        print(f"calm: max {max(latencies) * 1000:.1f} ms; flood: {len(statuses)} requests")
-        assert max(latencies) < 2.0  # generous: two cores shared with the whole suite
+        assert "1" in flood.retry_after
+        latest = max(flood.calm_latencies)
+        print(f"calm: max {latest * 1000:.1f} ms; flood: {len(statuses)} requests")
+        assert latest < 2.0  # generous: two cores shared with the whole suite
         anonymous = [client.get(url).status_code for _ in range(20)]
         assert 429 in anonymous and 401 in anonymous

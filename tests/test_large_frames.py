@@ -96,3 +96,20 @@ def test_a_failing_part_aborts_the_upload_and_leaves_nothing(
     assert list_keys(s3_client, settings.bucket, KeyLayout(settings.prefix).prefix) == []
     pending = s3_client.list_multipart_uploads(Bucket=settings.bucket).get("Uploads", [])
     assert not {u["UploadId"] for u in pending} & set(uploads)  # every upload was aborted
+
+
+def test_progress_counts_every_frame_byte_once_whole_or_in_parts(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``on_frame`` (the progress bar's feed) hears of each stored frame's bytes: a frame
+    larger than the memory budget (uploaded in parts) as well as small ones."""
+    large = write_tomosynthesis(tmp_path / "large.dcm", frames=2, rows=1024, columns=1024)
+    small = write_tomosynthesis(tmp_path / "small.dcm", frames=3, rows=64, columns=64)
+    assert len(large.frame(1)) > 1024 * 1024  # more than the budget below: in parts
+    heard: list[int] = []
+    with Ingestor(settings.with_overrides(ingest_memory_mb=1, ingest_workers=2)) as ingestor:
+        for generated, frames in ((large, 2), (small, 3)):
+            before = sum(heard)
+            assert ingestor.ingest(generated.path, on_frame=heard.append).status == "ingested"
+            stored = sum(len(generated.frame(n)) for n in range(1, frames + 1))
+            assert sum(heard) - before == stored

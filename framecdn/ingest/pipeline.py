@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from framecdn.errors import FramecdnError, StoreError
 from framecdn.framestore.bucket import MAX_PARTS, MIN_PART_BYTES, Bucket
@@ -314,17 +314,6 @@ class Ingestor:
         media = content_type(split.media_type, split.transfer_syntax_uid)
         futures: list[Future[FrameEntry]] = []
         failed = threading.Event()
-
-        def settled(size: int) -> Callable[[Future[FrameEntry]], None]:
-            def settle(future: Future[FrameEntry]) -> None:
-                self._budget.release(size)
-                if future.cancelled() or future.exception() is not None:
-                    failed.set()
-                elif on_frame is not None:
-                    on_frame(size)
-
-            return settle
-
         try:
             for reader in split.frame_readers():
                 if self._cancelled.is_set():
@@ -344,7 +333,7 @@ class Ingestor:
                     self._budget.release(reader.size)
                     raise
                 future = self._uploads.submit(self._put, object_key, frame, media)
-                future.add_done_callback(settled(reader.size))
+                future.add_done_callback(self._settled(reader.size, failed, on_frame))
                 futures.append(future)
                 del frame
         except BaseException:
@@ -375,17 +364,6 @@ class Ingestor:
         digest = hashlib.sha256()
         futures: list[Future[str]] = []
         failed = threading.Event()
-
-        def settled(size: int) -> Callable[[Future[str]], None]:
-            def settle(future: Future[str]) -> None:
-                self._budget.release(size)
-                if future.cancelled() or future.exception() is not None:
-                    failed.set()
-                elif on_frame is not None:
-                    on_frame(size)
-
-            return settle
-
         try:
             chunks = reader.chunks(part_size)
             remaining = reader.size
@@ -408,7 +386,7 @@ class Ingestor:
                 digest.update(part)
                 number += 1
                 future = self._uploads.submit(upload.upload_part, number, part)
-                future.add_done_callback(settled(size))
+                future.add_done_callback(self._settled(size, failed, on_frame))
                 futures.append(future)
                 remaining -= size
                 del part
@@ -427,6 +405,22 @@ class Ingestor:
                 log.error("could not abort the multipart upload of %s: %s", object_key, exc)
             raise
         return FrameEntry(reader.size, digest.hexdigest())
+
+    def _settled(
+        self, size: int, failed: threading.Event, on_frame: Callable[[int], None] | None
+    ) -> Callable[[Future[Any]], None]:
+        """The done-callback of one upload of ``size`` bytes: the bytes go back to the
+        budget, and a failed upload sets ``failed`` (nothing more is read), a stored one
+        is reported to ``on_frame``."""
+
+        def settle(future: Future[Any]) -> None:
+            self._budget.release(size)
+            if future.cancelled() or future.exception() is not None:
+                failed.set()
+            elif on_frame is not None:
+                on_frame(size)
+
+        return settle
 
     def _put(self, object_key: str, body: bytes, media_type: str) -> FrameEntry:
         """Write one object, tagged ``cache``, with a SHA-256 the store verifies."""

@@ -16,7 +16,7 @@ Only what was served (:data:`SERVED`) counts as a read of the study for the swee
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -84,8 +84,26 @@ async def _frames(request: Request, origin: Origin) -> Response:
         numbers = parse_frame_list(params["frames"], origin.settings.max_frames_per_request)
     except (InvalidUID, InvalidFrameList) as exc:
         return error_response(400, str(exc))
+    return await answer_located(
+        request, origin, key, "frames", lambda found: _answer(request, origin, found, numbers)
+    )
+
+
+async def answer_located(
+    request: Request,
+    origin: Origin,
+    key: InstanceKey,
+    route: str,
+    answer: Callable[[Found], Awaitable[Response]],
+) -> Response:
+    """``answer`` from the instance as this request's read scope finds it in the bucket.
+
+    What the bucket does not hold (or cannot say now) the upstream answers, when this
+    request may reach one. An answer that finds its index condemned (FrameVanished) looks
+    once more: the instance may have been replaced meanwhile.
+    """
     scope = read_scope(request)
-    for _attempt in range(2):  # a second look if the instance was replaced meanwhile
+    for _attempt in range(2):
         try:
             found = await origin.indexes.locate(key, scope)
         except S3Error as exc:
@@ -94,14 +112,14 @@ async def _frames(request: Request, origin: Origin) -> Response:
             found = None  # the bucket cannot answer now: the upstream can
         if found is None:
             proxied = await origin.readthrough.instance(
-                request, scope, key, "frames", "instance not found"
+                request, scope, key, route, "instance not found"
             )
             if proxied is not None:
                 label(request.scope, mode="upstream")
                 return proxied
             return error_response(404, "instance not found")
         try:
-            return await _answer(request, origin, found, numbers)
+            return await answer(found)
         except FrameVanished:
             continue  # the index that named it is condemned now; look again
     return error_response(404, "frame not found (instance is being evicted)")

@@ -49,7 +49,7 @@ from framecdn.framestore.retention import tagging
 from framecdn.origin.cache import TTLCache
 from framecdn.origin.errors import error_response, s3_error_response, server_error_response
 from framecdn.origin.framelist import InvalidFrameList, check_in_range, parse_frame_list
-from framecdn.origin.frames import SERVED, etag_matches
+from framecdn.origin.frames import SERVED, FrameVanished, answer_located, etag_matches
 from framecdn.origin.instances import Found
 from framecdn.origin.markers import record_read, served_from
 from framecdn.origin.metrics import label
@@ -82,7 +82,7 @@ class RenderBusy(Exception):
     """Every worker is busy and the queue is full (503)."""
 
 
-class NotThere(Exception):
+class NotThere(FrameVanished):
     """A frame or the metadata turned out missing: the instance is being evicted (404)."""
 
 
@@ -282,28 +282,11 @@ async def _rendered(request: Request, origin: Origin, *, thumbnail: bool) -> Res
         return error_response(400, str(exc))
     except UnacceptableRendition as exc:
         return error_response(406, str(exc), available=exc.available)
-    scope = read_scope(request)
-    route = "thumbnail" if thumbnail else "rendered"
-    for _attempt in range(2):  # a second look if the instance was replaced meanwhile
-        try:
-            found = await origin.indexes.locate(key, scope)
-        except S3Error as exc:
-            if origin.readthrough.proxy_for(scope, key.study) is None:
-                return s3_error_response(request, exc)
-            found = None  # the bucket cannot answer now: the upstream can
-        if found is None:  # the upstream's rendering, when there is one (as for frames)
-            proxied = await origin.readthrough.instance(
-                request, scope, key, route, "instance not found"
-            )
-            if proxied is not None:
-                label(request.scope, mode="upstream")
-                return proxied
-            return error_response(404, "instance not found")
-        try:
-            return await _of_instance(request, origin, found, numbers, rendition, thumbnail)
-        except NotThere:
-            continue  # its index is condemned now; look again
-    return error_response(404, "frame not found (instance is being evicted)")
+    # What the bucket lacks: the upstream's rendering, when there is one (as for frames).
+    return await answer_located(
+        request, origin, key, "thumbnail" if thumbnail else "rendered",
+        lambda found: _of_instance(request, origin, found, numbers, rendition, thumbnail),
+    )
 
 
 async def _of_instance(

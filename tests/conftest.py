@@ -46,6 +46,14 @@ def settings(s3_store: EmbeddedS3) -> Settings:
     return s3_store.settings(prefix=f"t-{uuid.uuid4().hex[:12]}")
 
 
+@pytest.fixture(scope="module")
+def module_settings(s3_store: EmbeddedS3, request: pytest.FixtureRequest) -> Settings:
+    """Settings pointing at the session store, under a prefix of this test module's own
+    (for data a whole module shares; a module may define its own to change settings)."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    return s3_store.settings(prefix=f"{module}-{uuid.uuid4().hex[:10]}")
+
+
 @pytest.fixture(scope="session")
 def s3_client(s3_store: EmbeddedS3):
     return make_client(s3_store.settings())

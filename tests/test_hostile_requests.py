@@ -13,7 +13,6 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -29,11 +28,6 @@ from tests.processes import running
 from tests.test_serve import wait_healthy
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def module_settings(s3_store: EmbeddedS3) -> Settings:
-    return s3_store.settings(prefix=f"hostile-{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,6 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import KeyLayout
 from framecdn.framestore.s3 import make_client
@@ -46,11 +44,6 @@ EVLE = "1.2.840.10008.1.2.1"
 
 
 # --- data and servers --------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def module_settings(s3_store: EmbeddedS3) -> Settings:
-    return s3_store.settings(prefix=f"nginx-{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ real (a closed port, a socket that never answers); eviction is a real delete.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -15,7 +14,6 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import KeyLayout
 from framecdn.ingest.pipeline import ingest_file
@@ -24,11 +22,6 @@ from tests.origin_fixtures import Expected, free_port, hung_server, ingest, run_
 
 SINGLE = {"Accept": "application/octet-stream"}
 OHIF_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax="*"'
-
-
-@pytest.fixture(scope="module")
-def module_settings(s3_store: EmbeddedS3) -> Settings:
-    return s3_store.settings(prefix=f"delivery-{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture(scope="module")

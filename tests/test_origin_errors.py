@@ -7,24 +7,17 @@ XML error document (502), a socket that never answers (504).
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
 from framecdn.synthetic import write_tomosynthesis
 from tests.origin_fixtures import Expected, free_port, hung_server, ingest, run_origin
 
 LEAKS = ("<?xml", "<Error>", "SignatureDoesNotMatch", "AccessDenied", "X-Amz", "Traceback")
-
-
-@pytest.fixture(scope="module")
-def module_settings(s3_store: EmbeddedS3) -> Settings:
-    return s3_store.settings(prefix=f"errors-{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture(scope="module")

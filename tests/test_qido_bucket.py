@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import KeyLayout
@@ -71,11 +69,6 @@ class Studies:
         ]
         for path in files:
             ingest_file(path, settings)
-
-
-@pytest.fixture(scope="module")
-def module_settings(s3_store: EmbeddedS3) -> Settings:
-    return s3_store.settings(prefix=f"qido-{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture(scope="module")

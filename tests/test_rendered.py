@@ -167,11 +167,6 @@ FILES = {
 
 
 @pytest.fixture(scope="module")
-def module_settings(s3_store: EmbeddedS3) -> Settings:
-    return s3_store.settings(prefix=f"render-{uuid.uuid4().hex[:10]}")
-
-
-@pytest.fixture(scope="module")
 def instances(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory
               ) -> dict[str, Expected]:
     folder = tmp_path_factory.mktemp("render-data")

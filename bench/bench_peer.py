@@ -63,12 +63,13 @@ from pathlib import Path
 
 import httpx
 import repo_root  # noqa: F401 - its import puts the repository root on sys.path (tests.*)
-from bench_fill import start_serve, stop
+from bench_fill import start_serve
 from bench_origin import Fetcher, Origin, percentile, start_origin
 
 from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
 from framecdn.ingest.pipeline import ingest_file
+from framecdn.process_stop import stop_process
 from framecdn.synthetic import GeneratedInstance, write_tomosynthesis
 from tests.nginx_fixtures import RunningNginx, nginx_binary_or_none, run_nginx
 from tests.orthanc_fixtures import OrthancServer, missing_reason
@@ -196,7 +197,7 @@ def measure_read_through_first_frame(
             answer = httpx.get(url, headers={"Accept": OHIF_ACCEPT}, timeout=300)
             measured.framecdn.append(time.perf_counter() - started)
         finally:
-            stop(process)
+            stop_process(process, 60)
         assert answer.status_code == 200, f"read-through: {answer.status_code}"
         body = first_part(answer.content, answer.headers["content-type"])
         assert body == generated.frame(1), "read-through frame 1 differs"

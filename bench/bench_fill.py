@@ -44,7 +44,7 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))  # tests.orthanc_fixtures and bench_origin: shared harnesses
 
-from bench_origin import Fetcher, free_port, percentile  # noqa: E402
+from bench_origin import Fetcher, free_port, percentile, wait_until_serving  # noqa: E402
 
 from framecdn.embedded_s3 import EmbeddedS3  # noqa: E402
 from framecdn.framestore.bucket import Bucket  # noqa: E402
@@ -69,16 +69,8 @@ def start_serve(
             stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/healthz", timeout=1).close()
-            return process, base
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError(f"framecdn serve did not start; see {log}") from None
-            time.sleep(0.1)
+    wait_until_serving(process, base, log, timeout=60)
+    return process, base
 
 
 def instance_path(g: GeneratedInstance) -> str:

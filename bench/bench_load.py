@@ -38,14 +38,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import psutil
+from bench_origin import free_port, wait_until_serving
 
 from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
@@ -91,14 +90,6 @@ class Phase:
 # The origin -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_origin(store: EmbeddedS3, settings: Settings, log: Path) -> tuple[subprocess.Popen, str]:
     """``framecdn serve`` (one worker) on a free loopback port; its process and root URL."""
     port = free_port()
@@ -108,16 +99,8 @@ def start_origin(store: EmbeddedS3, settings: Settings, log: Path) -> tuple[subp
     with open(log, "ab") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/healthz", timeout=1).close()
-            return process, base + settings.root_path.rstrip("/")
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError(f"the origin did not start; see {log}") from None
-            time.sleep(0.1)
+    wait_until_serving(process, base, log, timeout=30)
+    return process, base + settings.root_path.rstrip("/")
 
 
 class RssWatch:

@@ -153,16 +153,24 @@ def start_origin(store: EmbeddedS3, settings: Settings, delivery: str, log: Path
             stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    wait_until_serving(process, base, log, timeout=30)
+    return Origin(process, base, base + settings.root_path.rstrip("/"))
+
+
+def wait_until_serving(process: subprocess.Popen, base: str, log: Path, timeout: float) -> None:
+    """Return once ``framecdn serve`` at ``base`` answers ``/healthz``. One that exits, or
+    does not answer within ``timeout`` seconds, is killed and RuntimeError names its log."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             urllib.request.urlopen(f"{base}/healthz", timeout=1).close()
-            break
+            return
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"origin did not start; see {log}") from None
+                process.kill()
+                process.wait(10)
+                raise RuntimeError(f"framecdn serve did not start on {base}; see {log}") from None
             time.sleep(0.1)
-    return Origin(process, base, base + settings.root_path.rstrip("/"))
 
 
 def rss_bytes(pid: int) -> int:

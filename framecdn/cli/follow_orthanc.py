@@ -18,6 +18,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from framecdn.cli import add_storage_flags, settings_from_args
 from framecdn.errors import ConfigError, FramecdnError
 from framecdn.framestore.config import Settings
+from framecdn.framestore.upstream_auth import read_credentials_file
 from framecdn.ingest.follower import TRIGGERS, Follower
 from framecdn.ingest.orthanc import OrthancClient, OrthancRefused, OrthancUnavailable
 
@@ -154,12 +155,7 @@ def orthanc_credentials(settings: Settings) -> tuple[str | None, str | None]:
     """``(user, password)`` from the credentials file if set, else from the environment."""
     if settings.orthanc_credentials_file:
         path = Path(settings.orthanc_credentials_file)
-        try:
-            text = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read Orthanc credentials file {path}: {exc.strerror}"
-            ) from None
+        text = read_credentials_file(path, "Orthanc credentials file")
         user, colon, password = text.partition(":")
         if not colon or not user or "\n" in text:
             raise ConfigError(f"Orthanc credentials file {path} must hold one line user:password")

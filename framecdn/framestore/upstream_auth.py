@@ -38,13 +38,17 @@ def basic(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
-def _from_file(path: Path) -> str:
+def read_credentials_file(path: Path, name: str) -> str:
+    """The stripped text of a credentials file (``name`` says which in the message, which
+    never carries the contents); ConfigError when it cannot be read."""
     try:
-        text = path.read_text().strip()
+        return path.read_text().strip()
     except OSError as exc:
-        raise ConfigError(
-            f"cannot read the upstream credentials file {path}: {exc.strerror}"
-        ) from None
+        raise ConfigError(f"cannot read {name} {path}: {exc.strerror}") from None
+
+
+def _from_file(path: Path) -> str:
+    text = read_credentials_file(path, "the upstream credentials file")
     if not text or "\n" in text:
         raise ConfigError(
             f"upstream credentials file {path} must hold one line: user:password or "

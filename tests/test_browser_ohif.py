@@ -40,6 +40,7 @@ from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
 from framecdn.synthetic import write_tomosynthesis
 from tests.browser_fixtures import (
+    OHIF_TOUR_SEEN,
     BrowserRun,
     BrowserUnavailable,
     Toolchain,
@@ -171,7 +172,8 @@ def open_in_ohif(
         overrides["/app-config.js"] = app_config(dist, framecdn.root)
         steps = [step for _, step in STEPS] + [{"screenshot": {"path": str(screenshot)}}]
         url = f"{viewer}/viewer?StudyInstanceUIDs={instance.study}"
-        run = toolchain.run(url, steps, timeout=90, user_data_dir=work / "profile")
+        run = toolchain.run(url, steps, timeout=90, user_data_dir=work / "profile",
+                            init_script=OHIF_TOUR_SEEN)
     return ViewerRun(run, framecdn.root, instance, screenshot)
 
 

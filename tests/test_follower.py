@@ -294,6 +294,7 @@ def test_stable_series_trigger_takes_whole_series(orthanc, settings, s3_client, 
     study = pydicom.uid.generate_uid()
     uploads = [instance(tmp_path, s, study_uid=study, series_uid=series) for s in (50, 51, 52)]
     ids = [orthanc.upload(inst.path) for inst in uploads]
+    assert len({orthanc.get_json(f"/instances/{i}")["ParentSeries"] for i in ids}) == 1
     # Before Orthanc calls the series stable, a StableSeries follower has nothing to do.
     run = follow(settings, orthanc.url, orthanc, follow_trigger="StableSeries")
     assert run.stats.ingested == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import io
 import os
 import struct
@@ -295,7 +296,10 @@ def _mammography_dataset(
 
     ds = Dataset()
     ds.file_meta = meta
-    name, sex = _FAKE_PATIENTS[seed % len(_FAKE_PATIENTS)]
+    # One study, one patient: instances written into a given study share its patient
+    # (Orthanc, for one, files instances of different patients into different series).
+    patient = int(hashlib.sha256(study_uid.encode()).hexdigest()[:8], 16) if study_uid else seed
+    name, sex = _FAKE_PATIENTS[patient % len(_FAKE_PATIENTS)]
     today = datetime.date(2024, 1, 1) + datetime.timedelta(days=seed % 365)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "TOMOSYNTHESIS", "NONE"]
@@ -311,7 +315,7 @@ def _mammography_dataset(
     ds.StudyDescription = "MAMMOGRAPHY SCREENING BILATERAL DBT"
     ds.SeriesDescription = "L CC Tomosynthesis"
     ds.PatientName = name
-    ds.PatientID = f"FCDN{seed:06d}"
+    ds.PatientID = f"FCDN{patient % 1_000_000:06d}"
     ds.PatientBirthDate = "19680412"
     ds.PatientSex = sex
     ds.BodyPartExamined = "BREAST"

@@ -134,6 +134,11 @@ def unpack_ohif() -> Path:
         raise BrowserUnavailable(str(exc)) from exc
 
 
+#: OHIF's first-visit tour (a modal overlay over the viewport, which takes the mouse) is
+#: shown unless its id is listed in localStorage; a slow machine may show it after any step.
+OHIF_TOUR_SEEN = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']))"
+
+
 def ohif_app_config(dist: Path, root: str, *, thumbnails: str = "wadors") -> bytes:
     """OHIF's own ``app-config.js`` pointed at ``root`` (see :func:`framecdn.viewer.app_config`):
     thumbnails rendered from frames unless ``thumbnails`` says otherwise."""
@@ -160,9 +165,10 @@ class Toolchain:
     modules: Path
 
     def run(self, url: str, steps: list[dict[str, Any]], *, timeout: float = 120,
-            user_data_dir: Path, viewport: Mapping[str, int] | None = None) -> BrowserRun:
+            user_data_dir: Path, viewport: Mapping[str, int] | None = None,
+            init_script: str | None = None) -> BrowserRun:
         return run_browser(self, url, steps, timeout=timeout, user_data_dir=user_data_dir,
-                           viewport=viewport)
+                           viewport=viewport, init_script=init_script)
 
 
 def prepare_toolchain(probe_dir: Path) -> Toolchain:
@@ -357,12 +363,14 @@ def run_browser(
     timeout: float,
     user_data_dir: Path,
     viewport: Mapping[str, int] | None = None,
+    init_script: str | None = None,
     grace: float = 60,
 ) -> BrowserRun:
     """Open ``url`` in a fresh Chromium profile, run ``steps``, return what the browser saw.
 
-    The driver times its own steps out after ``timeout``; if it is still running ``grace``
-    seconds later, it and every process under it (Chromium) are killed."""
+    ``init_script`` runs in every page before the page's own scripts. The driver times its
+    own steps out after ``timeout``; if it is still running ``grace`` seconds later, it and
+    every process under it (Chromium) are killed."""
     job = {
         "executable": toolchain.chromium,
         "userDataDir": str(user_data_dir),
@@ -370,6 +378,7 @@ def run_browser(
         "timeoutMs": int(timeout * 1000),
         "viewport": dict(viewport or {"width": 1280, "height": 800}),
         "steps": steps,
+        "initScript": init_script,
     }
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(

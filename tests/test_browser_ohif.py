@@ -40,6 +40,7 @@ from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
 from framecdn.synthetic import write_tomosynthesis
 from tests.browser_fixtures import (
+    OHIF_TOUR_SEEN,
     BrowserRun,
     BrowserUnavailable,
     Toolchain,
@@ -148,10 +149,18 @@ COMPOSE_ROOT = "http://localhost:8080/dicom-web"
 REPO = Path(__file__).resolve().parent.parent
 
 
+#: The login block of infra/ohif/app-config.js (OHIF signs in at the stack's Keycloak, which
+#: does not run here; tests/test_compose.py checks the block against the realm).
+COMPOSE_LOGIN = re.compile(r"^  oidc: \[\n.*?^  \],\n", re.M | re.S)
+
+
 def compose_app_config(dist: Path, root: str) -> bytes:
-    """The app-config.js compose.yaml serves, with its DICOMweb root pointed at ``root``."""
+    """The app-config.js compose.yaml serves, its DICOMweb root pointed at ``root``, without
+    its login block (this test's origin runs without access control)."""
     text = (REPO / "infra" / "ohif" / "app-config.js").read_text()
     assert text.count(COMPOSE_ROOT) == 3, "qidoRoot, wadoRoot and wadoUriRoot"
+    text, logins = COMPOSE_LOGIN.subn("", text)
+    assert logins == 1, "the oidc block"
     return text.replace(COMPOSE_ROOT, root).encode()
 
 
@@ -171,7 +180,8 @@ def open_in_ohif(
         overrides["/app-config.js"] = app_config(dist, framecdn.root)
         steps = [step for _, step in STEPS] + [{"screenshot": {"path": str(screenshot)}}]
         url = f"{viewer}/viewer?StudyInstanceUIDs={instance.study}"
-        run = toolchain.run(url, steps, timeout=90, user_data_dir=work / "profile")
+        run = toolchain.run(url, steps, timeout=90, user_data_dir=work / "profile",
+                            init_script=OHIF_TOUR_SEEN)
     return ViewerRun(run, framecdn.root, instance, screenshot)
 
 

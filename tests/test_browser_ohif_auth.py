@@ -35,6 +35,7 @@ from tests.auth_fixtures import (
     rsa_key,
 )
 from tests.browser_fixtures import (
+    OHIF_TOUR_SEEN,
     BrowserUnavailable,
     Toolchain,
     ohif_app_config,
@@ -91,7 +92,7 @@ def open_with_token(
         overrides["/app-config.js"] = ohif_app_config(dist, framecdn.root)
         steps = [step for _, step in STEPS] + [{"screenshot": {"path": str(screenshot)}}]
         run = toolchain.run(study_url(viewer, instance.study, token), steps, timeout=90,
-                            user_data_dir=work / "profile")
+                            user_data_dir=work / "profile", init_script=OHIF_TOUR_SEEN)
     return ViewerRun(run, framecdn.root, instance, screenshot)
 
 

@@ -12,6 +12,7 @@ app-config (evaluated by node) points at nginx's DICOMweb root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,19 +20,25 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import fields
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import jwt
 import pytest
 import yaml
 
 from framecdn.cli import build_parser
 from framecdn.embedded_s3 import EmbeddedS3, weed_binary
-from framecdn.framestore.config import ENVIRONMENT
+from framecdn.framestore.config import ENVIRONMENT, Settings
 from framecdn.framestore.s3 import make_client
+from tests.origin_fixtures import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose.yaml"
@@ -60,17 +67,24 @@ def environment(service: dict) -> dict[str, str]:
     return {k: str(v) for k, v in env.items()}
 
 
+INNERMOST = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?([-?+])([^${}]*))?\}")
+
+
 def plain(value: str) -> str:
-    """A compose value with ``${VAR:-default}`` replaced by its default."""
-    return INTERPOLATION.sub(
-        lambda m: m.group(0).split(":-", 1)[1][:-1] if ":-" in m.group(0) else "", value
-    )
+    """A compose value as compose makes it with nothing set: ``${VAR:-default}`` is its
+    default (nested ones too, innermost first), any other ``${...}`` is empty."""
+    while True:
+        resolved = INNERMOST.sub(lambda m: m.group(2) if m.group(1) == "-" else "", value)
+        if resolved == value:
+            return value
+        value = resolved
 
 
 def test_the_expected_services_exist(services: dict) -> None:
-    assert {"s3", "origin", "nginx", "ingest", "orthanc", "follower", "fill", "viewer"} <= (
-        services.keys()
-    )
+    assert {
+        "s3", "origin", "nginx", "ingest", "orthanc", "follower", "fill", "viewer", "keycloak",
+        "keycloak-db",
+    } <= services.keys()
     assert services["ingest"].get("profiles") == ["tools"]
     assert services["nginx"]["image"].startswith("nginx:1.27")
     assert services["s3"]["image"].startswith("chrislusf/seaweedfs")
@@ -227,7 +241,9 @@ def test_bucket_one_shot_creates_the_bucket_on_a_real_store(s3_store: EmbeddedS3
 
 # The whole stack: Orthanc, follower, fill service, viewer ---------------------------------
 
-LONG_RUNNING = ("s3", "origin", "fill", "orthanc", "follower", "viewer", "nginx")
+LONG_RUNNING = (
+    "s3", "origin", "fill", "orthanc", "follower", "viewer", "nginx", "keycloak", "keycloak-db"
+)
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|REGISTERED_USERS", re.I)
 FROM_ENVIRONMENT = re.compile(r"\$\{[A-Z][A-Z0-9_]*(:\?[^}]*|:-)?\}")
 
@@ -339,7 +355,6 @@ def test_the_viewer_template_runs_in_a_real_nginx(tmp_path: Path) -> None:
 
     from tests.browser_fixtures import serve_directory
     from tests.nginx_fixtures import main_conf, nginx_binary_or_none
-    from tests.origin_fixtures import free_port
     from tests.processes import running
 
     binary = nginx_binary_or_none()
@@ -352,13 +367,13 @@ def test_the_viewer_template_runs_in_a_real_nginx(tmp_path: Path) -> None:
     (site / "index.html").write_text("<html>the viewer</html>")
     (site / "app-config.js").write_text("window.config = {'the image': 'its own'};")
     port = free_port()
-    with serve_directory(site, spa=True) as viewer:
+    with serve_directory(site, spa=True) as viewer, echo_server() as keycloak:
         text = (REPO / "infra/nginx/viewer.conf.template").read_text()
         text = text.replace("/etc/framecdn/ohif/app-config.js",
                             str(REPO / "infra/ohif/app-config.js"))
         rendered = string.Template(text).safe_substitute(
             NGINX_VIEWER_LISTEN=f"127.0.0.1:{port}", NGINX_VIEWER=viewer.removeprefix("http://"),
-            NGINX_SERVER_NAME="_",
+            NGINX_SERVER_NAME="_", NGINX_KEYCLOAK=keycloak.removeprefix("http://"),
         )
         assert "${" not in rendered
         (tmp_path / "temp").mkdir()
@@ -382,3 +397,326 @@ def test_the_viewer_template_runs_in_a_real_nginx(tmp_path: Path) -> None:
             assert config.headers["cache-control"] == "no-cache"
             page = httpx.get(f"{base}/viewer?StudyInstanceUIDs=1.2.3")
             assert page.status_code == 200 and page.text == "<html>the viewer</html>"
+            # OHIF's login: /auth/ goes to Keycloak as it is, with the headers it trusts.
+            discovery = "/auth/realms/framecdn/.well-known/openid-configuration"
+            seen = httpx.get(f"{base}{discovery}", headers={"X-Forwarded-For": "6.6.6.6"})
+            assert seen.status_code == 200, seen.text
+            echoed = seen.json()
+            assert echoed["path"] == discovery
+            assert echoed["x-forwarded-proto"] == "http"
+            assert echoed["x-forwarded-host"] == f"127.0.0.1:{port}"
+            # nginx appends the address it saw: Keycloak takes the last one it can trust.
+            assert echoed["x-forwarded-for"] == "6.6.6.6, 127.0.0.1"
+            console = "/auth/admin/master/console/"
+            admin = httpx.get(f"{base}{console}")  # from loopback: allowed
+            assert admin.status_code == 200 and admin.json()["path"] == console
+
+
+# The readers' login: Keycloak, its realm, OHIF's oidc block, the origin's token checks ---
+
+REALM_FILE = REPO / "infra/keycloak/framecdn-realm.json"
+
+
+@contextlib.contextmanager
+def echo_server(status: int = 200) -> Iterator[str]:
+    """A loopback HTTP server answering every GET with ``status`` and a JSON echo of the
+    path and the X-Forwarded-* headers; yields its base URL."""
+
+    class Echo(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            echoed = {"path": self.path}
+            echoed.update({k.lower(): v for k, v in self.headers.items()
+                           if k.lower().startswith("x-forwarded-")})
+            body = json.dumps(echoed).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def realm() -> dict:
+    data = json.loads(REALM_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def ohif_client(realm: dict) -> dict:
+    (client,) = [c for c in realm["clients"] if c["clientId"] == "ohif"]
+    return client
+
+
+def mapper(client: dict, kind: str, **config: str) -> dict:
+    """The client's one protocol mapper of ``kind`` whose config has ``config``."""
+    found = [m for m in client["protocolMappers"] if m["protocolMapper"] == kind
+             and all(m["config"].get(k) == v for k, v in config.items())]
+    assert len(found) == 1, (kind, config, found)
+    return found[0]["config"]
+
+
+def viewer_url(services: dict) -> str:
+    """The URL browsers open OHIF at: Keycloak's public URL without its /auth."""
+    keycloak = environment(services["keycloak"])
+    hostname = plain(keycloak["KC_HOSTNAME"])
+    assert hostname.endswith(keycloak["KC_HTTP_RELATIVE_PATH"])
+    return hostname.removesuffix(keycloak["KC_HTTP_RELATIVE_PATH"])
+
+
+def test_keycloak_runs_pinned_in_production_mode_behind_the_viewers_nginx(
+    services: dict,
+) -> None:
+    keycloak = services["keycloak"]
+    repository, _, tag = keycloak["image"].rpartition(":")
+    assert repository == "quay.io/keycloak/keycloak" and re.fullmatch(r"26\.\d+\.\d+", tag)
+    env = environment(keycloak)
+    script = keycloak["command"][0]
+    assert keycloak["entrypoint"] == ["/bin/bash", "-c"]
+    assert script.rstrip().endswith("exec /opt/keycloak/bin/kc.sh start --import-realm")
+    assert "start-dev" not in script
+    assert env["KC_HTTP_ENABLED"] == "true" and env["KC_PROXY_HEADERS"] == "xforwarded"
+    assert env["KC_HEALTH_ENABLED"] == "true"
+    assert env["KC_HTTP_RELATIVE_PATH"] == "/auth"
+    # The public URL is the viewer's (published by nginx), which passes /auth/ to Keycloak.
+    viewer = urlsplit(viewer_url(services))
+    nginx = environment(services["nginx"])
+    published = [plain(str(p)).split(":") for p in services["nginx"]["ports"]]
+    assert [str(viewer.port), nginx["NGINX_VIEWER_LISTEN"]] in published
+    host, _, port = nginx["NGINX_KEYCLOAK"].partition(":")
+    assert host == "keycloak" and port == env["KC_HTTP_PORT"]
+    assert port in [str(p) for p in keycloak["expose"]]
+    template = (REPO / "infra/nginx/viewer.conf.template").read_text()
+    assert f"location {env['KC_HTTP_RELATIVE_PATH']}/ {{" in template
+    assert "ports" not in keycloak and "ports" not in services["keycloak-db"]
+    # The realm file is mounted read-only where --import-realm looks.
+    mounts = [str(v).split(":") for v in keycloak["volumes"]]
+    assert ["./infra/keycloak/framecdn-realm.json",
+            "/opt/keycloak/data/import/framecdn-realm.json", "ro"] in mounts
+    assert "keycloak" in services["nginx"]["depends_on"]
+
+
+def test_keycloak_keeps_its_data_in_a_pinned_postgres_with_a_secret_password(
+    compose: dict, services: dict,
+) -> None:
+    env = environment(services["keycloak"])
+    assert env["KC_DB"] == "postgres"
+    url = urlsplit(env["KC_DB_URL"].removeprefix("jdbc:"))
+    assert url.scheme == "postgresql" and url.hostname in services
+    database = services[url.hostname]
+    assert database["image"].startswith("postgres:")
+    db_env = environment(database)
+    assert url.path == "/" + db_env["POSTGRES_DB"] and str(url.port) in database["expose"]
+    assert env["KC_DB_USERNAME"] == db_env["POSTGRES_USER"]
+    password_file = db_env["POSTGRES_PASSWORD_FILE"]
+    assert password_file.startswith("/run/secrets/")
+    secret = password_file.removeprefix("/run/secrets/")
+    assert secret in database["secrets"] and secret in services["keycloak"]["secrets"]
+    assert f"/run/secrets/{secret}" in services["keycloak"]["command"][0]
+    assert compose["secrets"][secret]["file"].startswith("./secrets/")
+    volume = [str(v).split(":") for v in database["volumes"]]
+    assert ["keycloak-db", "/var/lib/postgresql/data"] in volume
+    assert "keycloak-db" in compose["volumes"]
+    assert services["keycloak"]["depends_on"]["keycloak-db"]["condition"] == "service_healthy"
+
+
+def test_keycloak_reads_its_passwords_from_the_secret_files(
+    services: dict, tmp_path: Path,
+) -> None:
+    """The service's own script, run by bash with the secret files in a temporary place:
+    the passwords reach Keycloak's variables; a missing file stops it before Keycloak."""
+    bash = shutil.which("bash")
+    assert bash is not None
+    script = services["keycloak"]["command"][0].replace("$$", "$")
+    names = re.findall(r"/run/secrets/(\w+)", script)
+    assert set(names) == set(services["keycloak"]["secrets"])
+    for name in names:
+        # a value with shell metacharacters, and the newline `echo > file` leaves
+        (tmp_path / name).write_text(f"p$w'd\"{name}\n")
+        script = script.replace(f"/run/secrets/{name}", str(tmp_path / name))
+    script = script.replace("exec /opt/keycloak/bin/kc.sh start --import-realm", "exec env")
+    env = {"PATH": os.environ["PATH"], **environment(services["keycloak"])}
+    done = subprocess.run([bash, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    seen = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    assert seen["KC_BOOTSTRAP_ADMIN_PASSWORD"] == "p$w'd\"keycloak_admin_password"
+    assert seen["KC_DB_PASSWORD"] == "p$w'd\"keycloak_db_password"
+    (tmp_path / names[-1]).unlink()
+    missing = subprocess.run([bash, "-c", script], env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "KC_DB_PASSWORD" not in missing.stdout
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False), (None, False)])
+def test_keycloak_health_check_asks_readiness_on_the_management_port(
+    services: dict, status: int | None, healthy: bool,
+) -> None:
+    """The health check's bash, pointed at a local server instead of port 9000: healthy
+    only when /auth/health/ready answers 200 (503 while starting; nothing listening)."""
+    check = services["keycloak"]["healthcheck"]
+    assert check["test"][:3] == ["CMD", "bash", "-c"]
+    script = check["test"][3].replace("$$", "$")
+    env = environment(services["keycloak"])
+    ready = f"{env['KC_HTTP_RELATIVE_PATH']}/health/ready"
+    assert "/dev/tcp/127.0.0.1/9000" in script and f"GET {ready} " in script
+    bash = shutil.which("bash")
+    assert bash is not None
+    if status is None:
+        port = free_port()
+        outcome = subprocess.run([bash, "-c", script.replace("/9000", f"/{port}")],
+                                 capture_output=True, timeout=30)
+    else:
+        with echo_server(status) as server:
+            port = int(server.rpartition(":")[2])
+            outcome = subprocess.run([bash, "-c", script.replace("/9000", f"/{port}")],
+                                     capture_output=True, timeout=30)
+    assert (outcome.returncode == 0) == healthy, outcome.stderr
+
+
+def test_the_realm_has_the_public_pkce_client_ohif_uses(services: dict, realm: dict) -> None:
+    config = ohif_config()
+    (oidc,) = config["oidc"]
+    viewer = viewer_url(services)
+    client = ohif_client(realm)
+    assert oidc["client_id"] == client["clientId"]
+    assert client["enabled"] and client["publicClient"] and "secret" not in client
+    assert client["standardFlowEnabled"] and not client["implicitFlowEnabled"]
+    assert not client["directAccessGrantsEnabled"]  # no passwords through the client
+    assert client["attributes"]["pkce.code.challenge.method"] == "S256"
+    assert oidc["response_type"] == "code"  # OHIF 3.13: code flow with PKCE
+    assert "openid" in oidc["scope"].split()
+    # OHIF makes its relative redirect URIs absolute on the viewer's origin.
+    assert viewer + oidc["redirect_uri"] in client["redirectUris"]
+    assert all(uri.startswith(viewer + "/") and "*" not in uri for uri in client["redirectUris"])
+    assert client["webOrigins"] == [viewer]
+    post_logout = client["attributes"]["post.logout.redirect.uris"]
+    assert post_logout == viewer + "/*" and oidc["post_logout_redirect_uri"].startswith("/")
+
+
+def test_the_realm_puts_what_the_origin_checks_into_access_tokens(
+    services: dict, realm: dict,
+) -> None:
+    origin = environment(services["origin"])
+    client = ohif_client(realm)
+    audience = mapper(client, "oidc-audience-mapper")
+    assert audience["access.token.claim"] == "true"
+    assert [audience["included.custom.audience"]] == plain(
+        origin["FRAMECDN_AUTH_AUDIENCE"]).split(",")
+    assert plain(origin["FRAMECDN_AUTH_AUTHORIZED_PARTIES"]).split(",") == [client["clientId"]]
+    for attribute, setting in (("site", "FRAMECDN_AUTH_SITE_CLAIM"),
+                               ("studies", "FRAMECDN_AUTH_STUDIES_CLAIM")):
+        config = mapper(client, "oidc-usermodel-attribute-mapper", **{"user.attribute": attribute})
+        assert config["claim.name"] == plain(origin[setting]), attribute
+        assert config["access.token.claim"] == "true"
+    assert plain(origin["FRAMECDN_AUTH_SUBJECT_CLAIM"]) == "preferred_username"
+
+
+def test_the_realm_holds_no_users_and_only_admins_set_a_readers_site(realm: dict) -> None:
+    assert realm["realm"] == "framecdn" and realm["enabled"]
+    assert not realm.get("users") and "credentials" not in json.dumps(realm)
+    assert not realm["registrationAllowed"]
+    assert realm["sslRequired"] == "external"
+    # A reading session: short access tokens, renewed by OHIF with the refresh token.
+    assert 60 <= realm["accessTokenLifespan"] <= 900
+    assert realm["ssoSessionIdleTimeout"] >= 1800 and realm["ssoSessionMaxLifespan"] >= 8 * 3600
+    (profile_component,) = realm["components"]["org.keycloak.userprofile.UserProfileProvider"]
+    (profile_text,) = profile_component["config"]["kc.user.profile.config"]
+    attributes = {a["name"]: a for a in json.loads(profile_text)["attributes"]}
+    assert {"username", "email", "firstName", "lastName"} <= attributes.keys()
+    for name in ("site", "studies"):  # a reader must not grant themself another clinic
+        assert attributes[name]["permissions"]["edit"] == ["admin"], name
+
+
+def test_ohifs_authority_is_the_issuer_the_origin_checks(services: dict, realm: dict) -> None:
+    (oidc,) = ohif_config()["oidc"]
+    origin = environment(services["origin"])
+    keycloak = environment(services["keycloak"])
+    issuer = plain(origin["FRAMECDN_AUTH_ISSUER"])
+    # Keycloak's `iss`: its public URL (KC_HOSTNAME) + /realms/<realm>.
+    assert issuer == plain(keycloak["KC_HOSTNAME"]) + "/realms/" + realm["realm"]
+    assert oidc["authority"] == issuer
+    assert plain(origin["FRAMECDN_CORS_ORIGINS"]).split(",") == [viewer_url(services)]
+
+
+def test_the_origin_fetches_keycloaks_keys_inside_the_network(
+    services: dict, realm: dict,
+) -> None:
+    origin = environment(services["origin"])
+    keycloak = environment(services["keycloak"])
+    jwks = urlsplit(plain(origin["FRAMECDN_AUTH_JWKS_URL"]))
+    assert (jwks.scheme, jwks.hostname) == ("http", "keycloak")
+    assert str(jwks.port) == keycloak["KC_HTTP_PORT"]
+    assert jwks.path == (f"{keycloak['KC_HTTP_RELATIVE_PATH']}/realms/{realm['realm']}"
+                         "/protocol/openid-connect/certs")
+    # framecdn takes compose's auth settings as they are (an http:// JWKS URL included).
+    env = {k: plain(v) for k, v in origin.items() if k.startswith("FRAMECDN_AUTH")}
+    settings = Settings.from_env({**env, "FRAMECDN_CORS_ORIGINS": viewer_url(services)})
+    assert settings.auth and settings.auth_jwks_url == plain(origin["FRAMECDN_AUTH_JWKS_URL"])
+
+
+def compose_auth_settings(services: dict, base: Settings, jwks_url: str,
+                          sites: tuple[str, ...]) -> Settings:
+    """``base`` with every FRAMECDN_AUTH_* and CORS setting of compose's origin, except the
+    JWKS URL (a local one), the API keys file (none here) and the sites (given)."""
+    origin = environment(services["origin"])
+    env = {k: plain(v) for k, v in origin.items()
+           if k.startswith("FRAMECDN_AUTH") or k == "FRAMECDN_CORS_ORIGINS"}
+    env.update(FRAMECDN_AUTH_JWKS_URL=jwks_url, FRAMECDN_AUTH_SITES=",".join(sites))
+    env.pop("FRAMECDN_AUTH_API_KEYS_FILE")
+    composed = Settings.from_env(env)
+    chosen = {f.name: getattr(composed, f.name) for f in fields(Settings)
+              if f.metadata["env"] in env}
+    return base.with_overrides(**chosen)
+
+
+def test_a_token_shaped_as_the_realm_issues_it_opens_its_site_in_the_origin(
+    services: dict, realm: dict, s3_store: EmbeddedS3, tmp_path: Path,
+) -> None:
+    """A real origin (uvicorn) with compose's auth settings and two sites; an RS256 access
+    token exactly as the realm makes it (kid, iss, aud from the audience mapper, azp ohif,
+    the site mapper's claim as a list): its site's study is read, the other site's study
+    answers like a missing one, and the same token issued to another client is refused."""
+    from tests.auth_fixtures import identity_provider, two_clinics
+    from tests.origin_fixtures import run_origin
+
+    clinics = two_clinics(s3_store.settings(prefix=f"compose-{uuid.uuid4().hex[:10]}"), tmp_path)
+    client = ohif_client(realm)
+    (oidc,) = ohif_config()["oidc"]
+    audience = mapper(client, "oidc-audience-mapper")["included.custom.audience"]
+    site_claim = mapper(client, "oidc-usermodel-attribute-mapper",
+                        **{"user.attribute": "site"})["claim.name"]
+    with identity_provider() as provider:
+        settings = compose_auth_settings(services, clinics.base, provider.jwks_url, ("a", "b"))
+        claims = {"iss": oidc["authority"], "aud": audience, "azp": client["clientId"],
+                  site_claim: ["a"], "preferred_username": "reader-a"}
+        token = provider.token(**claims)
+        assert jwt.get_unverified_header(token)["kid"] == provider.keys[0].kid
+        other_client = provider.token(**{**claims, "azp": "another-client"})
+        with run_origin(settings) as origin:
+            def metadata(study: str, bearer: str) -> httpx.Response:
+                return httpx.get(f"{origin.root}/studies/{study}/metadata",
+                                 headers={"Authorization": f"Bearer {bearer}",
+                                          "Origin": settings.cors_origins[0]}, timeout=30)
+
+            mine = metadata(clinics.a1.study, token)
+            assert mine.status_code == 200, mine.text
+            assert mine.json()[0]["0020000D"]["Value"] == [clinics.a1.study]
+            assert mine.headers["access-control-allow-origin"] == settings.cors_origins[0]
+            theirs, nowhere = metadata(clinics.b1.study, token), metadata("1.2.3.4", token)
+            assert theirs.status_code == nowhere.status_code == 404
+            refused = metadata(clinics.a1.study, other_client)
+            assert refused.status_code == 401
+            assert 'error="invalid_token"' in refused.headers["www-authenticate"]

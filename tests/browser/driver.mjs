@@ -169,6 +169,7 @@ async function main() {
     return;
   }
   try {
+    if (job.initScript) await context.addInitScript({ content: job.initScript });
     const page = context.pages()[0] ?? (await context.newPage());
     const cdp = await context.newCDPSession(page);
     emit('launched', { version: (await cdp.send('Browser.getVersion')).product });

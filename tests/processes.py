@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psutil
@@ -62,3 +63,29 @@ def running(
         kill_all([p for p in doomed if p.pid != process.pid])
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.communicate(timeout=10)
+
+
+@contextlib.contextmanager
+def frozen_when(
+    process: subprocess.Popen, ready: Callable[[], bool], *, timeout: float = 120
+) -> Iterator[None]:
+    """Run ``process`` in short slices until ``ready()`` holds, then hold it stopped for the
+    body (which cuts it: a signal, a dying store) and let it go on.
+
+    ``ready`` is only asked while the process is stopped, so however slow the look (a
+    bucket listing on a loaded machine), the process cannot run on to its end meanwhile:
+    a test that means to cut it half-way does.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        process.send_signal(signal.SIGSTOP)
+        if ready():
+            break
+        process.send_signal(signal.SIGCONT)
+        assert process.poll() is None, "the process ended before the point to cut it at"
+        assert time.monotonic() < deadline, "the process made no progress"
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGCONT)

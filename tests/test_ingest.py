@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import signal
-import time
 from pathlib import Path
 
 import pydicom
@@ -21,7 +20,7 @@ from framecdn.ingest.pipeline import Ingestor, ingest_file, ingest_paths
 from framecdn.synthetic import write_encapsulated, write_tomosynthesis
 from tests.cli_fixtures import cli_environment, framecdn_command
 from tests.conftest import list_keys
-from tests.processes import running
+from tests.processes import frozen_when, running
 
 
 def _get(client, settings, key: str) -> bytes:
@@ -259,15 +258,6 @@ def test_cli_reports_each_failure_and_exits_nonzero(settings, tmp_path) -> None:
     assert "1 instance ingested" in out and f"{len(bad)} failed" in out
 
 
-def _wait_for_frames(client, settings, prefix: str, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sum("/frames/" in k for k in list_keys(client, settings.bucket, prefix)) >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError("ingest made no progress")
-
-
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_ingest_is_invisible_and_a_rerun_completes(
     s3_client, settings, tmp_path, how
@@ -277,10 +267,14 @@ def test_interrupted_ingest_is_invisible_and_a_rerun_completes(
     key = InstanceKey(generated.study_uid, generated.series_uid, generated.sop_uid)
     command = ("ingest", "--no-progress", "--workers", "2", str(generated.path))
     with _cli(settings, *command) as process:
-        _wait_for_frames(s3_client, settings, layout.instance_prefix(key), 2)
-        process.send_signal(how)
-        process.communicate(timeout=60)
-    assert process.returncode != 0
+        def two_frames_stored() -> bool:
+            keys = list_keys(s3_client, settings.bucket, layout.instance_prefix(key))
+            return sum("/frames/" in k for k in keys) >= 2
+
+        with frozen_when(process, two_frames_stored):
+            process.send_signal(how)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode != 0, (out, err)
     keys = list_keys(s3_client, settings.bucket, layout.instance_prefix(key))
     assert layout.index(key) not in keys  # nothing visible
     if how == signal.SIGINT:

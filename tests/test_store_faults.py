@@ -10,7 +10,6 @@ Only the store's own "no such key" may condemn an instance's index.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 import uuid
@@ -29,7 +28,7 @@ from framecdn.framestore.s3 import make_client
 from framecdn.synthetic import write_tomosynthesis
 from tests.conftest import list_keys
 from tests.origin_fixtures import Expected, ingest, run_origin
-from tests.processes import running
+from tests.processes import frozen_when, running
 from tests.store_faults import CuttingProxy, own_store
 
 READ_TIMEOUT = 1.5
@@ -246,22 +245,15 @@ def test_an_ingest_cut_by_a_dying_store_leaves_nothing_visible_and_a_rerun_compl
     layout = KeyLayout(fault_settings.prefix)
     command, env = ingest_command(store, fault_settings, "--workers", "2", str(made.path))
     with running(command, env=env) as process:
-        # The ingest runs in short slices and is frozen while the test looks at the bucket,
-        # so however slow the look, the store dies after the first frames and before the end.
-        deadline = time.monotonic() + 120
-        while True:
-            process.send_signal(signal.SIGSTOP)
-            keys = committed_keys(fault_settings, key)
-            if any("/frames/" in k for k in keys):
-                break
-            process.send_signal(signal.SIGCONT)
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.05)
-        try:
+        keys: list[str] = []
+
+        def frames_stored() -> bool:
+            keys[:] = committed_keys(fault_settings, key)
+            return any("/frames/" in k for k in keys)
+
+        with frozen_when(process, frames_stored):
             assert layout.index(key) not in keys, "the ingest finished within one slice"
             store.kill()
-        finally:
-            process.send_signal(signal.SIGCONT)
         try:
             _, err = process.communicate(timeout=120)
         finally:

@@ -300,6 +300,8 @@ class Ingestor:
             ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
             ingest_id=generation,
         )
+        if self._cancelled.is_set():  # interrupted after the last frame was read: no commit
+            raise IngestCancelled()
         # The commit marker, in one PUT: only now is this generation the one served.
         self._put(self.layout.index(key), index.to_json(), "application/json")
         return index
@@ -579,7 +581,8 @@ def ingest_paths(
     with Ingestor(settings, force=force) as ingestor, ThreadPoolExecutor(file_workers) as files:
         try:
             ingestor.bucket.check()  # a wrong bucket or secret: one error, not one per file
-            for result in files.map(one_or_cancelled, sources):
+            for future in [files.submit(one_or_cancelled, source) for source in sources]:
+                result = _result_interruptibly(future)
                 if result is None:
                     continue
                 report.results.append(result)
@@ -594,3 +597,14 @@ def ingest_paths(
             bar.close()
     report.seconds = _since(started)
     return report
+
+
+def _result_interruptibly(future: Future[IngestResult | None]) -> IngestResult | None:
+    """``future.result()``, waking up now and then: a signal the kernel hands to another
+    thread only raises KeyboardInterrupt here once this thread runs again, and an endless
+    wait would let the instance in progress commit before Ctrl-C is seen."""
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except TimeoutError:
+            continue

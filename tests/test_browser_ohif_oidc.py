@@ -319,7 +319,8 @@ def test_a_token_for_another_audience_is_refused(
     browser_toolchain: Toolchain, viewer: Viewer, provider: OpenIdProvider, clinics: Settings,
     study_of_a: Expected, tmp_path: Path,
 ) -> None:
-    """The same provider's token, but the origin serves another audience: 401 everywhere."""
+    """The same provider's token, but the origin serves another audience: 401 everywhere,
+    and OHIF says so (no image, no login loop)."""
     other = clinics.with_overrides(auth_audience=("another-service",))
     with logged_in(browser_toolchain, viewer, provider, other, study_of_a, "reader-a",
                    tmp_path) as (run, _):
@@ -331,3 +332,5 @@ def test_a_token_for_another_audience_is_refused(
     assert all('error="invalid_token"' in (x.response_header("www-authenticate") or "")
                for x in sent)
     assert shows_no_image(run), run.value("canvas")
+    logins = [x for x in run.browser.to(provider.issuer) if urlsplit(x.url).path == "/auth"]
+    assert len(logins) == 1, "OHIF shows the error; it does not send the user to log in again"

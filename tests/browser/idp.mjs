@@ -13,6 +13,7 @@
 // names a site; other logins get no site claim.
 //
 // When ready it prints one JSON line, {"issuer": ...}, on stdout; it stops on SIGTERM.
+// (oidc-provider 9 asks for Node 22 and warns on stderr under Node 20; it runs there.)
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';

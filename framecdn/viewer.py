@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import http.server
+import json
 import shutil
 import subprocess
 import tarfile
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -91,15 +94,34 @@ def fetch_ohif(cache_dir: Path) -> Path:
     return out / "dist"
 
 
-def app_config(dist: Path, root: str, *, thumbnails: str = "wadors") -> bytes:
+@dataclass(frozen=True)
+class OpenIdClient:
+    """OHIF's own OpenID Connect login (its app-config ``oidc`` block, the keys as OHIF 3.13
+    reads them): authorization code with PKCE at ``authority`` (the issuer; OHIF reads its
+    ``/.well-known/openid-configuration``), as the public client ``client_id``. OHIF then
+    sends ``Authorization: Bearer <access token>`` with every DICOMweb request. The URIs
+    are paths on the viewer's own origin (OHIF makes them absolute); ``redirect_uri`` must
+    be registered with the provider."""
+
+    authority: str
+    client_id: str
+    scope: str = "openid"
+    redirect_uri: str = "/callback"
+    post_logout_redirect_uri: str = "/"
+    response_type: str = "code"
+
+
+def app_config(
+    dist: Path, root: str, *, thumbnails: str = "wadors", oidc: OpenIdClient | None = None
+) -> bytes:
     """OHIF's own ``app-config.js`` with its one DICOMweb data source pointed at ``root``
     (QIDO, WADO-RS and WADO-URI roots) and ``thumbnails`` as its thumbnailRendering; every
     other setting is OHIF's default (lazy study loading, unquoted multipart Accept, ...).
 
-    A bearer token is not part of the config: OHIF 3.13's DICOMweb data source takes its
-    Authorization header from the user authentication service only (its ``requestOptions``
-    are no longer read), which an OIDC login fills, or the viewer URL's ``token`` parameter
-    (see :func:`study_url`)."""
+    OHIF 3.13's DICOMweb data source takes its Authorization header from the user
+    authentication service only (its ``requestOptions`` are no longer read), which its
+    OIDC login fills (``oidc``: OHIF then logs in before it opens anything), or the viewer
+    URL's ``token`` parameter (see :func:`study_url`)."""
     if thumbnails not in THUMBNAIL_RENDERINGS:
         raise ValueError(f"thumbnails must be one of {', '.join(THUMBNAIL_RENDERINGS)}")
     text = (dist / "app-config.js").read_text()
@@ -110,6 +132,9 @@ def app_config(dist: Path, root: str, *, thumbnails: str = "wadors") -> bytes:
         "thumbnailRendering: 'thumbnail'": f"thumbnailRendering: '{thumbnails}'",
         "friendlyName: 'AWS S3 Static wado server'": "friendlyName: 'framecdn'",
     }
+    if oidc is not None:
+        block = json.dumps([dataclasses.asdict(oidc)])  # JSON is JavaScript
+        replacements["window.config = {"] = f"window.config = {{\n  oidc: {block},"
     for old, new in replacements.items():
         if text.count(old) != 1:
             raise ViewerUnavailable(f"OHIF's app-config.js changed: {old!r} is not there once")

@@ -38,7 +38,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from framecdn.framestore.config import Settings
-from framecdn.viewer import ViewerUnavailable, app_config, fetch_ohif
+from framecdn.viewer import OpenIdClient, ViewerUnavailable, app_config, fetch_ohif
 from framecdn.viewer import serve_directory as serve_directory  # the tests serve pages with it
 from tests.nginx_fixtures import nginx_binary_or_none, run_nginx
 from tests.origin_fixtures import run_origin
@@ -139,10 +139,13 @@ def unpack_ohif() -> Path:
 OHIF_TOUR_SEEN = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']))"
 
 
-def ohif_app_config(dist: Path, root: str, *, thumbnails: str = "wadors") -> bytes:
+def ohif_app_config(
+    dist: Path, root: str, *, thumbnails: str = "wadors", oidc: OpenIdClient | None = None
+) -> bytes:
     """OHIF's own ``app-config.js`` pointed at ``root`` (see :func:`framecdn.viewer.app_config`):
-    thumbnails rendered from frames unless ``thumbnails`` says otherwise."""
-    return app_config(dist, root, thumbnails=thumbnails)
+    thumbnails rendered from frames unless ``thumbnails`` says otherwise; OHIF's own OIDC
+    login with ``oidc``."""
+    return app_config(dist, root, thumbnails=thumbnails, oidc=oidc)
 
 
 def copy_with_new_uids(source: str | Path, target: Path) -> Path:

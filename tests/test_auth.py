@@ -183,7 +183,7 @@ def test_reads_leave_their_access_marker_under_the_sites_prefix(
 @pytest.mark.parametrize(
     ("name", "site", "studies"),
     [("es256", "b", "b1"), ("hs256", "b", "b1"), ("site-list", ["a", "b"], "b1"),
-     ("all-sites", "*", "b1"), ("all-sites", "*", "a1")],
+     ("all-sites", "*", "b1"), ("all-sites", "*", "a1"), ("rfc9068", "a", "a1")],
 )
 def test_other_keys_and_site_claims(
     http: httpx.Client, served: RunningOrigin, clinics: Clinics, provider: IdentityProvider,
@@ -196,6 +196,9 @@ def test_other_keys_and_site_claims(
         import jwt
 
         token = jwt.encode(claims_of(provider, site=site), HS_SECRET, algorithm="HS256")
+    elif name == "rfc9068":  # an RFC 9068 access token: its client in client_id, no azp
+        token = provider.token(site=site, azp=None, client_id=CLIENT_ID, typ=None,
+                               headers={"typ": "at+jwt"})
     else:
         token = provider.token(site=site)
     response = http.get(frame_url(served, inst), headers={**bearer(token), "Accept": SINGLE})
@@ -272,6 +275,18 @@ REFUSED: dict[str, tuple[Callable[[IdentityProvider], str], str]] = {
     ),
     "wrong azp": (
         lambda p: p.token(site="a", azp="another-client"), "token wrong authorized party"
+    ),
+    # RFC 9068 access tokens name their client in client_id (and carry no azp).
+    "wrong client_id": (
+        lambda p: p.token(site="a", azp=None, client_id="another-client"),
+        "token wrong authorized party",
+    ),
+    "neither azp nor client_id": (
+        lambda p: p.token(site="a", azp=None), "token wrong authorized party"
+    ),
+    "azp before client_id": (
+        lambda p: p.token(site="a", azp="another-client", client_id=CLIENT_ID),
+        "token wrong authorized party",
     ),
     "no exp": (lambda p: p.token(site="a", exp=None), "token missing claim"),
     "studies not UIDs": (

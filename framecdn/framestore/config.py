@@ -345,7 +345,8 @@ class Settings:
     )
     auth_authorized_parties: tuple[str, ...] = setting(
         "FRAMECDN_AUTH_AUTHORIZED_PARTIES", (),
-        "Comma-separated accepted `azp` (OIDC client id, e.g. OHIF's); empty: not checked.",
+        "Comma-separated accepted client ids (e.g. OHIF's): the token's `azp`, or without one "
+        "its `client_id` (RFC 9068 access tokens); empty: not checked.",
     )
     auth_leeway_seconds: float = setting(
         "FRAMECDN_AUTH_LEEWAY", 30.0,

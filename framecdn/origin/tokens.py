@@ -177,6 +177,13 @@ _FAILURES: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
 )
 
 
+def authorized_party(claims: Mapping[str, Any]) -> object:
+    """The client the token was issued to: OIDC's ``azp`` (Keycloak), else the
+    ``client_id`` of an RFC 9068 JWT access token (node-oidc-provider, and others that
+    follow that profile, carry no ``azp``)."""
+    return claims["azp"] if "azp" in claims else claims.get("client_id")
+
+
 class TokenVerifier:
     """Checks a JWT's signature, ``exp``, ``nbf``, ``iat``, ``iss``, ``aud`` (and ``azp``)."""
 
@@ -236,7 +243,7 @@ class TokenVerifier:
                 if isinstance(exc, kind):
                     raise InvalidToken(reason) from None
             raise InvalidToken("invalid") from None
-        if self.parties and claims.get("azp") not in self.parties:
+        if self.parties and authorized_party(claims) not in self.parties:
             raise InvalidToken("wrong authorized party")
         return claims
 

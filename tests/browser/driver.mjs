@@ -14,6 +14,7 @@
 // only if the page says so): {"waitFor": "<js expression>"},
 // {"evaluate": "<js>"}, {"click": {"selector" | "text", "optional"?}}, {"wheel": {"selector",
 // "deltaY", "times", "pauseMs"}}, {"press": {"selector"?, "key", "times", "pauseMs"}},
+// {"fill": {"selector", "value"}} (types into a form field once it is there),
 // {"screenshot": {"path", "selector"?}}, {"sleep": ms}, {"networkIdle": {}}.
 //
 // Network events come from the DevTools protocol rather than Playwright's request events
@@ -138,6 +139,9 @@ async function runStep(page, step, index, defaultTimeout) {
     } catch (error) {
       if (!optional) throw error;
     }
+  } else if (step.fill !== undefined) {
+    const { selector, value } = step.fill;
+    await page.locator(selector).first().fill(value, { timeout });
   } else if (step.screenshot !== undefined) {
     const { path, selector } = step.screenshot;
     const target = selector ? page.locator(selector).first() : page;

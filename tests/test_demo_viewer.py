@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.browser_fixtures import BUILD_DIR, REPO, Toolchain
+from tests.browser_fixtures import BUILD_DIR, OHIF_TOUR_SEEN, REPO, Toolchain
 from tests.origin_fixtures import free_port
 from tests.processes import running
 from tests.test_cli_s3 import ignore_sigint, read_until, wait_gone
@@ -116,6 +116,7 @@ def test_the_demo_opens_in_ohif(
         run = browser_toolchain.run(
             url, [*script, {"screenshot": {"path": str(screenshot)}}], timeout=180,
             user_data_dir=tmp_path / "profile", viewport={"width": 1440, "height": 900},
+            init_script=OHIF_TOUR_SEEN,
         )
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)

@@ -39,6 +39,7 @@ from pydicom.data import get_testdata_file
 from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
 from framecdn.synthetic import write_tomosynthesis
+from framecdn.viewer import study_url
 from tests.browser_fixtures import (
     OHIF_TOUR_SEEN,
     BrowserRun,
@@ -167,9 +168,10 @@ def compose_app_config(dist: Path, root: str) -> bytes:
 def open_in_ohif(
     toolchain: Toolchain, dist: Path, settings: Settings, mode: str, instance: Expected,
     work: Path, screenshot: Path,
-    app_config: Callable[[Path, str], bytes] = ohif_app_config,
+    app_config: Callable[[Path, str], bytes] = ohif_app_config, token: str | None = None,
 ) -> ViewerRun:
-    """Serve OHIF and framecdn, open the instance's study, scroll, look, take a screenshot."""
+    """Serve OHIF and framecdn, open the instance's study (with ``token``: OHIF sends it as
+    a bearer token), scroll, look, take a screenshot."""
     overrides: dict[str, bytes] = {}
     with contextlib.ExitStack() as stack:
         viewer = stack.enter_context(serve_directory(dist, spa=True, overrides=overrides))
@@ -179,9 +181,8 @@ def open_in_ohif(
             unavailable(str(exc))
         overrides["/app-config.js"] = app_config(dist, framecdn.root)
         steps = [step for _, step in STEPS] + [{"screenshot": {"path": str(screenshot)}}]
-        url = f"{viewer}/viewer?StudyInstanceUIDs={instance.study}"
-        run = toolchain.run(url, steps, timeout=90, user_data_dir=work / "profile",
-                            init_script=OHIF_TOUR_SEEN)
+        run = toolchain.run(study_url(viewer, instance.study, token), steps, timeout=90,
+                            user_data_dir=work / "profile", init_script=OHIF_TOUR_SEEN)
     return ViewerRun(run, framecdn.root, instance, screenshot)
 
 

@@ -16,7 +16,6 @@ image left framecdn.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import pytest
 from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.config import Settings
 from framecdn.synthetic import write_tomosynthesis
-from framecdn.viewer import study_url
 from tests.auth_fixtures import (
     AUDIENCE,
     CACHE_SECRET,
@@ -35,16 +33,15 @@ from tests.auth_fixtures import (
     rsa_key,
 )
 from tests.browser_fixtures import (
-    OHIF_TOUR_SEEN,
-    BrowserUnavailable,
     Toolchain,
-    ohif_app_config,
-    serve_directory,
-    serve_framecdn,
-    unavailable,
 )
 from tests.origin_fixtures import Expected, ingest
-from tests.test_browser_ohif import STEPS, TOMOSYNTHESIS_FRAMES, ViewerRun, check_viewer
+from tests.test_browser_ohif import (
+    TOMOSYNTHESIS_FRAMES,
+    ViewerRun,
+    check_viewer,
+    open_in_ohif,
+)
 
 pytest_plugins = ["tests.browser_plugin"]
 
@@ -81,19 +78,8 @@ def open_with_token(
     toolchain: Toolchain, dist: Path, settings: Settings, mode: str, instance: Expected,
     token: str, work: Path,
 ) -> ViewerRun:
-    overrides: dict[str, bytes] = {}
-    screenshot = work / f"ohif-auth-{mode}.png"
-    with contextlib.ExitStack() as stack:
-        viewer = stack.enter_context(serve_directory(dist, spa=True, overrides=overrides))
-        try:
-            framecdn = stack.enter_context(serve_framecdn(mode, settings, viewer, work))
-        except BrowserUnavailable as exc:
-            unavailable(str(exc))
-        overrides["/app-config.js"] = ohif_app_config(dist, framecdn.root)
-        steps = [step for _, step in STEPS] + [{"screenshot": {"path": str(screenshot)}}]
-        run = toolchain.run(study_url(viewer, instance.study, token), steps, timeout=90,
-                            user_data_dir=work / "profile", init_script=OHIF_TOUR_SEEN)
-    return ViewerRun(run, framecdn.root, instance, screenshot)
+    return open_in_ohif(toolchain, dist, settings, mode, instance, work,
+                        work / f"ohif-auth-{mode}.png", token=token)
 
 
 @pytest.mark.parametrize("mode", ["stream", "accel"])

@@ -289,6 +289,17 @@ REFUSED: dict[str, tuple[Callable[[IdentityProvider], str], str]] = {
         "token wrong authorized party",
     ),
     "no exp": (lambda p: p.token(site="a", exp=None), "token missing claim"),
+    # RFC 7519 NumericDate is a JSON number: PyJWT alone takes int("1796613609").
+    "exp a string": (
+        lambda p: p.token(site="a", exp=str(int(time.time()) + 300)), "token date not a number"
+    ),
+    "nbf a string": (
+        lambda p: p.token(site="a", nbf=str(int(time.time()) - 1)), "token date not a number"
+    ),
+    "iat a string": (
+        lambda p: p.token(site="a", iat=str(int(time.time()) - 1)), "token date not a number"
+    ),
+    "iat a boolean": (lambda p: p.token(site="a", iat=True), "token date not a number"),
     "studies not UIDs": (
         lambda p: p.token(site="a", studies=["../b"]), "studies claim is not a list of UIDs"
     ),

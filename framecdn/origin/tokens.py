@@ -177,6 +177,19 @@ _FAILURES: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
 )
 
 
+#: RFC 7519 §2: NumericDate claims are JSON numbers, never strings (nor booleans).
+_DATE_CLAIMS = ("exp", "nbf", "iat")
+
+
+def dates_are_numbers(claims: Mapping[str, Any]) -> bool:
+    """Whether every date claim present is a JSON number (bool is not one)."""
+    return all(
+        isinstance(claims[name], int | float) and not isinstance(claims[name], bool)
+        for name in _DATE_CLAIMS
+        if name in claims
+    )
+
+
 def authorized_party(claims: Mapping[str, Any]) -> object:
     """The client the token was issued to: OIDC's ``azp`` (Keycloak), else the
     ``client_id`` of an RFC 9068 JWT access token (node-oidc-provider, and others that
@@ -243,6 +256,8 @@ class TokenVerifier:
                 if isinstance(exc, kind):
                     raise InvalidToken(reason) from None
             raise InvalidToken("invalid") from None
+        if not dates_are_numbers(claims):
+            raise InvalidToken("date not a number")
         if self.parties and authorized_party(claims) not in self.parties:
             raise InvalidToken("wrong authorized party")
         return claims

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import statistics
 import time
 import uuid
@@ -433,7 +434,9 @@ def test_a_study_outside_the_token_answers_exactly_like_a_missing_one(
         assert seen.status_code == 404
         assert comparable(seen) == comparable(absent)
     denied = [line for line in audit() if line["study"] == a2.study]
-    assert denied and all(line["reason"] == "study not in the credential" for line in denied)
+    assert denied and all(
+        line["decision"] == "denied" and line["reason"] == "study out of scope" for line in denied
+    )
     # A space-separated claim (as a Keycloak attribute mapper may send it) works too.
     spaced = provider.token(site="a", studies=f"{clinics.a2.study} {clinics.a1.study}")
     assert http.get(frame_url(served, a2), headers=bearer(spaced)).status_code == 200
@@ -528,6 +531,12 @@ def test_audit_lines_name_who_read_which_study_and_what_was_sent(
     assert read["status"] == 200 and read["bytes"] == len(got.content) == len(clinics.a1.frames[1])
     assert read["time"].endswith("+00:00") and read["route"] == "frames"
     assert other_site["study"] == clinics.b1.study and other_site["status"] == 404
+    # Another site's study is logged as a study outside a studies claim is (one reason for
+    # both), and unlike a study that exists nowhere: probing, not a typo.
+    assert other_site["decision"] == "denied" and other_site["reason"] == "study out of scope"
+    http.get(frame_url(served, elsewhere(clinics.b1)), headers=bearer(token))
+    typo = audit()[-1]
+    assert typo["status"] == 404 and typo["decision"] == "allowed" and typo["reason"] == "-"
     assert key_b["subject"] == "bridge-b" and key_b["auth"] == "api-key" and key_b["status"] == 404
     assert anonymous["decision"] == "denied" and anonymous["subject"] == "-"
     # The documented one-liner, in Python: who read study S, and when.
@@ -558,6 +567,48 @@ def test_answers_are_private_and_only_the_shipped_nginx_learns_how_long_to_keep_
     assert nginx.headers["x-accel-expires"] == "31536000"
     names = list(nginx.headers.keys())  # before Cache-Control: what nginx 1.22 needs
     assert names.index("x-accel-expires") < names.index("cache-control")
+
+
+def test_every_error_answer_with_auth_on_is_no_store(
+    http: httpx.Client, served: RunningOrigin, clinics: Clinics, provider: IdentityProvider
+) -> None:
+    """404 (missing, another site's, outside the claim), 406, 416, 400, 401, 403, 431: a cache
+    that keeps 4xx (heuristically, or a CDN by default) must not keep one caller's answer."""
+    token = provider.token(site="a")
+    narrow = provider.token(site="a", studies=[clinics.a1.study])
+    frame = frame_url(served, clinics.a1)
+    asked = {
+        "missing": http.get(frame_url(served, elsewhere(clinics.a1)), headers=bearer(token)),
+        "other site": http.get(frame_url(served, clinics.b1), headers=bearer(token)),
+        "outside claim": http.get(frame_url(served, clinics.a2), headers=bearer(narrow)),
+        "missing metadata": http.get(
+            metadata_urls(served, elsewhere(clinics.a1))[0], headers=bearer(token)
+        ),
+        "406": http.get(frame, headers={**bearer(token), "Accept": "image/x-none"}),
+        "416": http.get(
+            frame, headers={**bearer(token), "Accept": SINGLE, "Range": "bytes=99999999999-"}
+        ),
+        "400": http.get(frame_url(served, clinics.a1, "0"), headers=bearer(token)),
+        "401": http.get(frame),
+        "403": http.get(frame, headers=bearer(provider.token(site="nowhere"))),
+        "nginx 404": http.get(
+            frame_url(served, elsewhere(clinics.a1)),
+            headers={**bearer(token), "X-Framecdn-Cache": CACHE_SECRET},
+        ),
+    }
+    for what, response in asked.items():
+        assert response.status_code >= 400, (what, response.status_code)
+        assert response.headers.get("cache-control") == "no-store", (what, response.headers)
+        assert "x-accel-expires" not in response.headers, what
+    port = int(served.base.rsplit(":", 1)[1])
+    head = f"GET {frame.removeprefix(served.base)} HTTP/1.1\r\nHost: x\r\n"
+    head += "X-Big: " + "x" * 100_000 + "\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"\r\ncache-control: no-store\r\n" in answer
 
 
 def test_authorize_endpoint_answers_only_nginx_and_names_the_partition(
@@ -773,13 +824,15 @@ def test_rate_limiter_refills_at_its_rate() -> None:
 def test_the_app_never_sees_the_query_token() -> None:
     """Whatever a handler (or uvicorn's own access log) reads of the query has no token."""
     from framecdn.origin.auth import AccessControl, AccessMiddleware
+    from framecdn.origin.storage import ObjectStore
 
     seen: dict[str, Any] = {}
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         seen["query"] = scope["query_string"]
 
-    middleware = AccessMiddleware(app, AccessControl(Settings()))
+    settings = Settings(aws_access_key_id="k", aws_secret_access_key="s" * 8)  # never used
+    middleware = AccessMiddleware(app, AccessControl(settings), ObjectStore(settings))
     scope = {"type": "http", "path": "/dicom-web/studies/1.2/metadata", "method": "GET",
              "headers": [], "query_string": b"includefield=all&access_token=SECRET"}
     asyncio.run(middleware(scope, None, None))

@@ -123,6 +123,12 @@ def test_a_cached_answer_is_refused_to_requests_the_origin_refuses(
         gone = http.get(missing, headers={**headers, **bearer(token)})
         assert gone.status_code == 404 and gone.content == other_site.content
     assert_refused_without_cached_bytes(stream_nginx, [other_site, other_study], cached)
+    # Every refusal leaves nginx as no-store: a CDN in front must keep none of them.
+    refusals = [anonymous, expired, forged, other_site, other_study]
+    assert [r.headers.get("cache-control") for r in refusals] == ["no-store"] * len(refusals)
+    unacceptable = http.get(url, headers={"Accept": "image/x-none", **bearer(token)})
+    assert unacceptable.status_code == 406
+    assert unacceptable.headers.get("cache-control") == "no-store"
 
 
 def test_every_caller_partition_has_its_own_entries(

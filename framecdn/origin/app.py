@@ -153,7 +153,7 @@ def create_app(settings: Settings) -> Starlette:
     # The middleware added last is the outermost: metrics also count (and log) CORS
     # preflights and refused requests; CORS answers preflights before access control
     # (browsers send no credential on them) and puts its headers on a 401 too.
-    app.add_middleware(AccessMiddleware, access=origin.access)
+    app.add_middleware(AccessMiddleware, access=origin.access, store=origin.store)
     app.add_middleware(CORSMiddleware, origins=settings.cors_origins, credentials=settings.auth)
     app.add_middleware(MetricsMiddleware, metrics=origin.metrics)
     return app

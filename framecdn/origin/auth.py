@@ -15,7 +15,11 @@ routes added later. For each request it
   ``X-Framecdn-Cache: <FRAMECDN_CACHE_SECRET>``), which additionally gets
   ``X-Accel-Expires`` so it may keep the answer -- it asks :func:`authorize_endpoint`
   before serving anything from its cache, and keys its cache on the scope partition;
-* writes the caller's site, subject and the decision into the access-log labels.
+* writes the caller's site, subject and the decision into the access-log labels; a
+  study the caller may not read is logged ``denied`` with :data:`OUT_OF_SCOPE` whether a
+  ``studies`` claim leaves it out or it belongs to another site (found on the 404, by
+  asking the other sites' prefixes for one key; a study that exists nowhere costs the
+  same look), so an auditor tells probing of another clinic from a typo.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from framecdn.errors import StoreError
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import is_valid_uid
 from framecdn.origin.apikeys import ApiKeys
@@ -39,6 +44,7 @@ from framecdn.origin.errors import error_response
 from framecdn.origin.metrics import label
 from framecdn.origin.ratelimit import RateLimiter
 from framecdn.origin.scope import SCOPE_KEY, Identity, ReadScope, Sites
+from framecdn.origin.storage import ObjectStore
 from framecdn.origin.tokens import InvalidToken, TokenVerifier
 
 log = logging.getLogger("framecdn.origin")
@@ -268,6 +274,10 @@ def too_many_requests(retry_after: int) -> Response:
     )
 
 
+#: The audit reason of every study the caller may not read, however its scope left it out.
+OUT_OF_SCOPE = "study out of scope"
+
+
 def _audit(labels: dict[str, Any], identity: Identity) -> None:
     labels.update(site=identity.site_label, subject=identity.subject, auth=identity.method)
 
@@ -275,9 +285,17 @@ def _audit(labels: dict[str, Any], identity: Identity) -> None:
 class AccessMiddleware:
     """Authenticates, scopes, rate-limits and keeps answers private; see the module doc."""
 
-    def __init__(self, app: ASGIApp, access: AccessControl) -> None:
+    def __init__(self, app: ASGIApp, access: AccessControl, store: ObjectStore) -> None:
         self.app = app
         self.access = access
+        self.store = store
+
+    async def _elsewhere(self, study: str, read: ReadScope) -> bool:
+        """Whether ``study`` is held under a site ``read`` does not reach."""
+        for layout in self.access.sites.outside(read):
+            if await self.store.any_key(layout.study_prefix(study)):
+                return True
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
@@ -289,6 +307,8 @@ class AccessMiddleware:
         headers = Headers(scope=scope)
         from_cache = access.from_cache(headers)
         identity: Identity | None = None
+        study = study_of(scope["path"])
+        read: ReadScope | None = None
         if access.enabled:
             try:
                 identity, read = await access.check(headers, query_token)
@@ -299,9 +319,8 @@ class AccessMiddleware:
             _audit(labels, identity)
             labels["decision"] = "allowed"
             scope[SCOPE_KEY] = read
-            study = study_of(scope["path"])
             if study is not None and not read.allows(study):
-                labels.update(decision="denied", reason="study not in the credential")
+                labels.update(decision="denied", reason=OUT_OF_SCOPE)
         if access.limiter is not None and not from_cache:  # nginx limits its own clients
             wait = access.limiter.take(access.caller_key(scope, identity))
             if wait:
@@ -314,17 +333,40 @@ class AccessMiddleware:
 
         async def send_private(message: Message) -> None:
             if message["type"] == "http.response.start":
+                if message["status"] == 404 and study is not None and read is not None:
+                    await self._audit_missing(labels, study, read)
                 _keep_private(message, from_cache)
             await send(message)
 
         await self.app(scope, receive, send_private)
 
 
+    async def _audit_missing(self, labels: dict[str, Any], study: str, read: ReadScope) -> None:
+        """A 404 for a study of another site is logged as out of scope, not allowed."""
+        if labels.get("decision") != "allowed":
+            return
+        try:
+            elsewhere = await self._elsewhere(study, read)
+        except (StoreError, TimeoutError) as exc:
+            labels["reason"] = f"scope not checked: {type(exc).__name__}"
+            return
+        if elsewhere:
+            labels.update(decision="denied", reason=OUT_OF_SCOPE)
+
+
 def _keep_private(message: Message, for_shared_cache: bool) -> None:
-    """``private`` for the client; the trusted nginx alone learns how long it may keep it."""
+    """``private`` for the client; the trusted nginx alone learns how long it may keep it.
+
+    An error answer is ``no-store`` for everyone: a 404 or 406 says something about one
+    caller's scope, and caches that keep 4xx (heuristically, or a CDN's default) must not
+    hand it to another."""
     headers = MutableHeaders(scope=message)
+    if message["status"] >= 400:
+        headers["Cache-Control"] = "no-store"
+        return
     cache_control = headers.get("cache-control")
     if cache_control is None:
+        headers["Cache-Control"] = "private"
         return
     age = shared_max_age(cache_control) if for_shared_cache else None
     headers["Cache-Control"] = privatise(cache_control)
@@ -363,5 +405,5 @@ async def authorize_endpoint(request: Request) -> Response:
     labels["decision"] = "allowed"
     study = study_of(path)
     if study is not None and not read.allows(study):
-        labels.update(decision="denied", reason="study not in the credential")
+        labels.update(decision="denied", reason=OUT_OF_SCOPE)
     return Response(status_code=204, headers={PARTITION_HEADER: read.partition(study)})

@@ -105,6 +105,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             STATUS_LINE[431],
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(_REFUSAL),
+            b"cache-control: no-store\r\n",
             b"connection: close\r\n",
             b"\r\n",
         ]

@@ -104,6 +104,10 @@ class Sites:
     def single(self) -> bool:
         return not self.layouts
 
+    def outside(self, read: ReadScope) -> tuple[KeyLayout, ...]:
+        """The sites served here that ``read`` does not reach (none with a single site)."""
+        return tuple(layout for layout in self.layouts.values() if layout not in read.layouts)
+
     def scope_for(self, identity: Identity) -> ReadScope | None:
         """What ``identity`` may read; None when it names no site served here."""
         if self.single:

@@ -313,12 +313,19 @@ class ObjectStore:
         """Every key under ``prefix`` (ListObjectsV2, paginated)."""
         return await self._list(prefix, "Key")
 
+    async def any_key(self, prefix: str) -> bool:
+        """Whether anything is stored under ``prefix`` (one key asked for, not a listing)."""
+        return bool(await self._list(prefix, "Key", max_keys=1))
+
     async def list_prefixes(self, prefix: str) -> list[str]:
         """The "folders" right under ``prefix`` (delimiter ``/``): one entry per study, say,
         however many objects each holds."""
         return await self._list(prefix, "Prefix", delimiter="/")
 
-    async def _list(self, prefix: str, element: str, *, delimiter: str | None = None) -> list[str]:
+    async def _list(
+        self, prefix: str, element: str, *, delimiter: str | None = None,
+        max_keys: int | None = None,
+    ) -> list[str]:
         keys: list[str] = []
         token: str | None = None
 
@@ -338,6 +345,8 @@ class ObjectStore:
                 query = f"delimiter={quote(delimiter, safe='')}&{query}"
             if token:
                 query = f"continuation-token={quote(token, safe='')}&{query}"
+            if max_keys is not None:
+                query = f"{query}&max-keys={max_keys}"
             url = f"{self.endpoint}/{self.bucket}?{query}"
             root = ET.fromstring(
                 await self._request("GET", url, read, headers=self._signed_headers("GET", url))
@@ -347,6 +356,8 @@ class ObjectStore:
             else:
                 found = root.iterfind(f"{_S3_NS}CommonPrefixes/{_S3_NS}Prefix")
             keys.extend(el.text or "" for el in found)
+            if max_keys is not None:  # one page of at most that many: no more asked
+                return keys[:max_keys]
             truncated = root.findtext(f"{_S3_NS}IsTruncated") == "true"
             token = root.findtext(f"{_S3_NS}NextContinuationToken")
             if not truncated or not token:

@@ -405,10 +405,17 @@ def test_several_frames_are_406_with_a_way_forward(
     http: httpx.Client, origin: RunningOrigin, instances: dict[str, Expected]
 ) -> None:
     inst = instances["native_16bit"]
+    refusals = []
     for url in (rendered_url(origin, inst), f"{origin.instance_url(inst)}/frames/1,2/rendered"):
-        response = http.get(url)
-        assert response.status_code == 406
-        assert "frames/{n}/rendered" in response.json()["error"]
+        # The same refusal whatever is asked: image/gif must not be told "only JPEG and PNG".
+        for accept in (None, "image/gif", "video/mp4", "image/jpeg", "*/*"):
+            response = http.get(url, headers={"Accept": accept} if accept else {})
+            assert response.status_code == 406, (url, accept)
+            body = response.json()
+            assert "frames/{n}/rendered" in body["error"], (url, accept)
+            assert body["available"] == [], (url, accept)
+            refusals.append(body["error"])
+    assert len(set(refusals)) == 2  # one wording per resource, whatever the Accept
 
 
 @pytest.mark.parametrize(

@@ -281,7 +281,15 @@ async def _rendered(request: Request, origin: Origin, *, thumbnail: bool) -> Res
     except (InvalidUID, InvalidFrameList, InvalidRendition) as exc:
         return error_response(400, str(exc))
     except UnacceptableRendition as exc:
-        return error_response(406, str(exc), available=exc.available)
+        if thumbnail or (numbers is not None and len(numbers) == 1):
+            return error_response(406, str(exc), available=exc.available)
+        # Several frames (an image/gif, say) are refused for their number, whatever the
+        # Accept: one refusal that points at frames/{n}/rendered, not two that disagree.
+        refusal = exc
+        return await answer_located(
+            request, origin, key, "rendered",
+            lambda found: _refuse_rendition(found, numbers, refusal),
+        )
     # What the bucket lacks: the upstream's rendering, when there is one (as for frames).
     return await answer_located(
         request, origin, key, "thumbnail" if thumbnail else "rendered",
@@ -318,11 +326,25 @@ async def _of_instance(
     return await _answer(request, origin, found, number, rendition)
 
 
+async def _refuse_rendition(
+    found: Found, numbers: tuple[int, ...] | None, refusal: UnacceptableRendition
+) -> Response:
+    """The 406 for an unacceptable Accept: the several-frames one when that is the reason."""
+    count = found.index.number_of_frames
+    if numbers is not None and len(numbers) > 1:
+        return _one_frame_only(f"{len(numbers)} frames")
+    if numbers is None and count > 1:
+        return _one_frame_only(f"this instance's {count} frames")
+    return error_response(406, str(refusal), available=refusal.available)
+
+
 def _one_frame_only(what: str) -> Response:
+    """The one refusal for a rendering of several frames, whatever media type was asked."""
     return error_response(
         406,
-        f"rendering {what} needs a multi-frame media type (image/gif, video), which framecdn "
-        "does not make; ask .../frames/{n}/rendered for one frame as image/jpeg or image/png",
+        f"framecdn renders one frame at a time and makes no rendering of {what} (no "
+        "image/gif, no video); ask .../frames/{n}/rendered for one frame as image/jpeg or "
+        "image/png",
         available=[],
     )
 

@@ -102,3 +102,24 @@ def test_demo_without_npm_says_how_to_get_it_and_serves_the_rest(tmp_path) -> No
         rest, _ = process.communicate(timeout=60)
         assert process.returncode == 0, rest
     assert wait_gone(f"-dir={data_dir}") == []
+
+
+def test_ctrl_c_of_the_demo_prints_only_the_stop_line(tmp_path) -> None:
+    """A terminal's Ctrl-C reaches the whole foreground process group: render workers too."""
+    port = free_port()
+    data_dir = tmp_path / "demo"
+    marker = f"-dir={data_dir}"
+    with running(demo(data_dir, "--port", str(port)), marker=marker,
+                 stderr=subprocess.STDOUT, start_new_session=True) as process:
+        output = "".join(read_until(process, "Ctrl-C stops"))
+        frame_url = re.search(r"frame 1\s+(\S+)", output).group(1)
+        for n in (1, 2):  # rendering starts the worker processes
+            with urllib.request.urlopen(frame_url[:-1] + f"{n}/rendered") as response:
+                assert response.headers["content-type"] == "image/jpeg"
+                assert response.read(2) == b"\xff\xd8"
+        os.killpg(process.pid, signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, rest
+        assert "stopping" in rest, rest
+        assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+    assert wait_gone(marker) == []

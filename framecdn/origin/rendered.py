@@ -36,6 +36,7 @@ import concurrent.futures
 import importlib.util
 import logging
 import multiprocessing
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,12 @@ def _render_in_worker(job: RenderJob) -> bytes:
     return render(job)
 
 
+def _ignore_interrupts() -> None:
+    """A worker leaves Ctrl-C to its parent, which stops it: a terminal's Ctrl-C reaches
+    the whole process group, and a worker that took it would print a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class RenderPool:
     """Worker processes (spawned on first use) and the slots that bound work and memory."""
 
@@ -121,7 +128,9 @@ class RenderPool:
         if self._executor is None:
             # spawn: a fork of a process with an event loop and threads is not safe.
             context = multiprocessing.get_context("spawn")
-            self._executor = concurrent.futures.ProcessPoolExecutor(self.workers, context)
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                self.workers, context, initializer=_ignore_interrupts
+            )
         return self._executor
 
     async def render(self, prepare: Callable[[], Awaitable[RenderJob]]) -> bytes:

@@ -104,7 +104,7 @@ def test_demo_without_npm_says_how_to_get_it_and_serves_the_rest(tmp_path) -> No
     assert wait_gone(f"-dir={data_dir}") == []
 
 
-def test_ctrl_c_of_the_demo_prints_only_the_stop_line(tmp_path) -> None:
+def test_ctrl_c_of_the_demo_prints_only_what_a_person_reads(tmp_path) -> None:
     """A terminal's Ctrl-C reaches the whole foreground process group: render workers too."""
     port = free_port()
     data_dir = tmp_path / "demo"
@@ -122,4 +122,10 @@ def test_ctrl_c_of_the_demo_prints_only_the_stop_line(tmp_path) -> None:
         assert process.returncode == 0, rest
         assert "stopping" in rest, rest
         assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+    # The terminal shows what a person reads; the requests are in the access log file.
+    assert "framecdn.access" not in output + rest and '"path":' not in output + rest
+    assert f"access    {data_dir / 'access.log'}" in output
+    logged = [json.loads(line) for line in (data_dir / "access.log").read_text().splitlines()]
+    assert [r["path"].rsplit("/", 2)[-2:] for r in logged] == [
+        ["frames", "1"], ["1", "rendered"], ["2", "rendered"]]
     assert wait_gone(marker) == []

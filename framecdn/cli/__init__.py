@@ -21,6 +21,7 @@ from typing import Any
 from framecdn import __version__
 from framecdn.errors import ConfigError, FramecdnError
 from framecdn.framestore.config import ENVIRONMENT, Settings
+from framecdn.origin.access_log import LOG_FORMAT
 
 #: Subcommand modules, in the order ``framecdn --help`` lists them.
 COMMANDS = [
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     if not args.verbose:  # one line per S3 request is debugging detail
         for noisy in ("aiohttp", "httpx", "httpcore", "botocore", "urllib3"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import threading
 import time
 import urllib.request
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         frames = count(generated.number_of_frames, "frame")
         print(f"{verb} {study_path.name}: {frames}, {size_mb:.0f} MB")
         settings = store.settings(prefix=DEMO_PREFIX, port=args.port)
+        # The terminal shows what a person reads; one access line per frame goes to a file.
+        settings = dataclasses.replace(settings, access_log=str(data_dir / "access.log"))
         report = ingest_paths([study_path], settings)
         print(summary(report), flush=True)
         if not report.ok:
@@ -165,6 +168,7 @@ def _run_origin(
 ) -> int:
     import uvicorn
 
+    from framecdn.origin.access_log import send_access_log
     from framecdn.origin.app import create_app
     from framecdn.origin.limits import http_protocol
 
@@ -173,6 +177,7 @@ def _run_origin(
         f"{base}/studies/{generated.study_uid}/series/{generated.series_uid}"
         f"/instances/{generated.sop_uid}"
     )
+    send_access_log(settings.access_log)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings),
@@ -183,7 +188,8 @@ def _run_origin(
         )
     )
     threading.Thread(
-        target=_self_check, args=(server, instance, generated, export_lines, viewer_url),
+        target=_self_check,
+        args=(server, instance, generated, export_lines, viewer_url, settings.access_log),
         daemon=True,
     ).start()
     # Serve from a thread so the signals reach us, not uvicorn: we stop it, then the store.
@@ -215,6 +221,7 @@ def _self_check(
     generated: GeneratedInstance,
     export_lines: str,
     viewer_url: str | None,
+    access_log: str,
 ) -> None:
     """Once the origin is up, fetch frame 1 through it and compare with what was generated."""
     while not server.started:
@@ -234,6 +241,7 @@ def _self_check(
         f"  try:      curl -o frame.bin -H 'Accept: application/octet-stream' "
         f"{instance}/frames/{generated.number_of_frames}\n"
         f"  health    {instance.split('/dicom-web')[0]}/readyz\n"
+        f"  access    {access_log}   (one JSON line per request: jq reads it)\n"
         f"{export_lines}\n"
         "Ctrl-C stops the origin and the store.",
         flush=True,

@@ -198,6 +198,12 @@ class Settings:
     host: str = setting("FRAMECDN_HOST", "127.0.0.1", "Origin bind address.", check=non_empty)
     port: int = setting("FRAMECDN_PORT", 8080, "Origin port.", check=between(1, 65535))
     workers: int = setting("FRAMECDN_WORKERS", 1, "Origin worker processes.", check=at_least(1))
+    access_log: str = setting(
+        "FRAMECDN_ACCESS_LOG", "stdout",
+        "Where the origin writes its access log, one JSON object a line and nothing else: "
+        "`stdout`, `stderr`, `off` or a file path (appended, reopened after rotation). The "
+        "other log lines go to stderr.", check=non_empty,
+    )
     root_path: str = setting(
         "FRAMECDN_ROOT_PATH", "/dicom-web", "DICOMweb root path.", check=url_path
     )

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from framecdn.framestore.access import AccessRecorder
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import KeyLayout
+from framecdn.origin.access_log import LOG_FORMAT, send_access_log
 from framecdn.origin.auth import (
     AUTHORIZE_PATH,
     AccessControl,
@@ -161,6 +162,8 @@ def create_app(settings: Settings) -> Starlette:
 
 def create_app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory`` (each worker builds its own state)."""
-    if not logging.getLogger().handlers:  # spawned workers: keep the JSON access log
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    if not logging.getLogger().handlers:  # spawned workers log as the CLI does
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    send_access_log(settings.access_log)
+    return create_app(settings)

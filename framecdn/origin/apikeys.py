@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import re
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,9 @@ from framecdn.errors import ConfigError
 
 #: What a key made by :func:`new_api_key` starts with (tells it apart from a JWT at a glance).
 KEY_PREFIX = "fcdn_"
+#: How often a request may look whether the keys file changed (one stat, no read).
+CHANGE_CHECK_SECONDS = 1.0
+log = logging.getLogger(__name__)
 _LINE = re.compile(r"sha256:(?P<hex>[0-9a-f]{64})\s+(?P<sites>\S+)\s+(?P<subject>\S.*)")
 
 
@@ -84,3 +91,56 @@ class ApiKeys:
             if hmac.compare_digest(key.digest, digest):
                 found = key
         return found
+
+
+class ApiKeysFile:
+    """The keys file as it is now: revoking or adding a key needs no restart.
+
+    It is read again when it changes (looked at, by one ``stat``, at most once a
+    second on the way to a lookup) and on :meth:`reload` (SIGHUP). The new keys replace
+    the old in one assignment, so a request sees one set or the other. A new file that
+    cannot be read or parsed keeps the old keys and says why in the log: a typo while
+    editing must not lock every site out (nor let a revoked key back in by emptying the
+    list). At start, a bad file is an error, as before.
+    """
+
+    def __init__(
+        self, path: str, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.path = path
+        self.clock = clock
+        self.seen = self._signature()
+        self.keys = ApiKeys.load(path)
+        self.checked = clock()
+
+    def lookup(self, presented: str) -> ApiKey | None:
+        if self.clock() - self.checked >= CHANGE_CHECK_SECONDS:
+            self.reload(only_if_changed=True)
+        return self.keys.lookup(presented)
+
+    def reload(self, *, only_if_changed: bool = False) -> bool:
+        """Read the file again; True if its keys are now the ones in use."""
+        self.checked = self.clock()
+        signature = self._signature()
+        if only_if_changed and signature == self.seen:
+            return False
+        self.seen = signature  # a bad version is reported once, not once a second
+        try:
+            keys = ApiKeys.load(self.path)
+        except ConfigError as exc:
+            log.warning(
+                "API keys file not reloaded, the %d keys in use stay: %s", len(self.keys.keys),
+                exc,
+            )
+            return False
+        self.keys = keys
+        log.info("API keys reloaded from %s: %d keys", self.path, len(keys.keys))
+        return True
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        """What changes when the file is rewritten or replaced (rename over it)."""
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -132,9 +133,11 @@ def create_app(settings: Settings) -> Starlette:
                 origin.store, origin.recorder, settings.access_flush_seconds
             )
         )
+        reloads = _reload_on_hangup(origin.access)
         try:
             yield
         finally:
+            reloads()
             flusher.cancel()
             with contextlib.suppress(BaseException):
                 await flusher
@@ -158,6 +161,24 @@ def create_app(settings: Settings) -> Starlette:
     app.add_middleware(CORSMiddleware, origins=settings.cors_origins, credentials=settings.auth)
     app.add_middleware(MetricsMiddleware, metrics=origin.metrics)
     return app
+
+
+def _reload_on_hangup(access: AccessControl) -> Callable[[], None]:
+    """SIGHUP re-reads the API keys file (as nginx reloads on it); returns the undo.
+
+    Only where the signal can be had: the main thread of a serving process (``framecdn
+    serve`` and each of its workers), not an app run from another thread.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, access.reload)
+    except (RuntimeError, ValueError):  # not the main thread
+        return lambda: None
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return undo
 
 
 def create_app_from_env() -> Starlette:

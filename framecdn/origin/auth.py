@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from framecdn.errors import StoreError
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import is_valid_uid
-from framecdn.origin.apikeys import ApiKeys
+from framecdn.origin.apikeys import ApiKeysFile
 from framecdn.origin.errors import error_response
 from framecdn.origin.metrics import label
 from framecdn.origin.ratelimit import RateLimiter
@@ -174,15 +174,20 @@ class AccessControl:
         self.subject_claim = settings.auth_subject_claim
         self.cache_secret = settings.cache_secret
         self.verifier: TokenVerifier | None = None
-        self.api_keys: ApiKeys | None = None
+        self.api_keys: ApiKeysFile | None = None
         if self.enabled:
             if settings.auth_jwt_secret or settings.auth_jwks_url or settings.auth_jwks_file:
                 self.verifier = TokenVerifier(settings)
             if settings.auth_api_keys_file:
-                self.api_keys = ApiKeys.load(settings.auth_api_keys_file)
+                self.api_keys = ApiKeysFile(settings.auth_api_keys_file)
         self.limiter = (
             RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit else None
         )
+
+    def reload(self) -> None:
+        """Read the API keys file again (SIGHUP); a bad file keeps the keys in use."""
+        if self.api_keys is not None:
+            self.api_keys.reload()
 
     async def aclose(self) -> None:
         if self.verifier is not None:

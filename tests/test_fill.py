@@ -312,3 +312,31 @@ def test_a_fill_lands_under_the_first_layout_of_the_scope(
                                                    instance.key.instance]],
         })
         assert outside.status_code == 400 and "not below" in outside.text
+
+
+def test_a_miss_the_upstream_refuses_to_answer_is_still_filled(
+    settings: Settings, upstream: Upstream, relay: RelayProxy
+) -> None:
+    """A representation the upstream will not make (Orthanc's DICOMweb refuses a
+    single-part frame) still queues the instance, once; one it lacks is not queued."""
+    through_relay = upstream_settings(settings, upstream.orthanc, root=f"{relay.url}/dicom-web")
+    instance = upstream.instances[2]
+    single_part = {"Accept": "application/octet-stream"}
+    with running_fill(through_relay) as fill, \
+            run_origin(through_relay.with_overrides(fill_url=fill.url)) as origin:
+        url = f"{origin.root}{instance.path_below_root}/frames/2"
+        refused = [httpx.get(url, headers=single_part, timeout=60) for _ in range(3)]
+        assert {r.status_code for r in refused} == {400}, [r.text for r in refused]
+        wait_for_metric(origin, "framecdn_fill_requests", 1, result="queued")
+        fill.wait_idle()
+        assert fill.filler.status()["ingested"] == 1
+        assert downloads(relay, instance) == 1
+        assert metric(origin, "framecdn_fill_requests", result="queued") == 1  # de-duplicated
+        served = httpx.get(url, headers=single_part)  # now from the bucket, as asked
+        assert served.status_code == 200 and served.content == instance.frames[1]
+
+        lacking = f"{origin.root}/studies/{upstream.study}/series/{instance.key.series}" \
+                  f"/instances/{generate_uid()}/frames/1"
+        assert httpx.get(lacking, headers=single_part).status_code == 404
+        time.sleep(0.5)
+        assert metric(origin, "framecdn_fill_requests", result="queued") == 1

@@ -109,10 +109,11 @@ class UpstreamProxy:
         keep: Callable[[Any], bool] | None = None,
         cache_control: str = NO_STORE,
         on_success: Callable[[], None] | None = None,
+        on_refused: Callable[[int], None] | None = None,
     ) -> Response:
         """The upstream's answer to this request. ``keep`` filters the entries of a JSON
         array answer (searches out of scope); ``on_success`` runs once a successful answer
-        has been passed on whole."""
+        has been passed on whole, ``on_refused`` with the status of any other answer."""
         try:
             path = self._path(request)
             url = self.upstream.url(path)  # checks the path
@@ -126,6 +127,8 @@ class UpstreamProxy:
             return self.failure(request, exc, route)
         self.count(route, str(answer.status))
         if not (200 <= answer.status < 300 or answer.status == 304):
+            if on_refused is not None:
+                on_refused(answer.status)
             return await self._refused(request, answer, route, not_found, url.path)
         root_url = dicomweb_root(request, self.origin.root, self.origin.settings.public_url)
         rewriter = UrlRewriter(self.upstream.root, root_url)

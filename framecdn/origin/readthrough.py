@@ -61,9 +61,11 @@ class ReadThrough:
         self, request: Request, scope: ReadScope, key: InstanceKey, route: str, not_found: str
     ) -> Response | None:
         """The upstream's answer for an instance the bucket lacks; None when there is no
-        upstream to ask. The fill is queued once that answer has been passed on: the
-        viewer's first frame does not share the upstream with the copy of its instance
-        (and an instance the upstream does not have is never queued)."""
+        upstream to ask. The fill is queued once a successful answer has been passed on
+        (the viewer's first frame does not share the upstream with the copy of its
+        instance), and also when the upstream refuses only this representation (Orthanc
+        1.10's DICOMweb answers 400 to a single-part frame): the instance is still wanted.
+        One the upstream says it does not have (404, 410) is not queued."""
         upstream = self.proxy_for(scope, key.study)
         if upstream is None:
             return None
@@ -71,8 +73,13 @@ class ReadThrough:
         def queue_fill() -> None:
             self.origin.fills.ask([key], scope.layouts[0])
 
+        def queue_unless_missing(status: int) -> None:
+            if status not in (404, 410):
+                queue_fill()
+
         return await upstream.forward(
-            request, route=route, not_found=not_found, on_success=queue_fill
+            request, route=route, not_found=not_found, on_success=queue_fill,
+            on_refused=queue_unless_missing,
         )
 
     async def listing(

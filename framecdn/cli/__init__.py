@@ -16,7 +16,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, Protocol
 
 from framecdn import __version__
 from framecdn.errors import ConfigError, FramecdnError
@@ -63,6 +63,22 @@ class FramecdnParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         kwargs.setdefault("epilog", ENVIRONMENT_EPILOG)
         super().__init__(*args, **kwargs)
+        # On every parser (subcommands are made of this class too), so `-v` goes before
+        # or after the subcommand; unset here, False from the top parser's defaults.
+        self.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="debug logging, and the traceback of an error",
+        )
+
+
+class Subcommands(Protocol):
+    """What a command module's ``register`` is given: argparse's subparsers, by what it
+    is used for (their class is private to argparse)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 
 def _variable_of(name: str) -> str:
@@ -101,20 +117,6 @@ def settings_from_args(args: argparse.Namespace, *names: str) -> Settings:
         raise ConfigError(str(exc)) from exc
 
 
-def _add_verbose(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=False if top else argparse.SUPPRESS,
-        help="debug logging, and the traceback of an error",
-    )
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                _add_verbose(sub, top=False)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = FramecdnParser(prog="framecdn", description="A frame CDN origin for DICOMweb.")
     parser.add_argument("--version", action="version", version=f"framecdn {__version__}")
@@ -127,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # a subcommand not built yet
             raise
         module.register(subparsers)
-    _add_verbose(parser, top=True)
+    parser.set_defaults(verbose=False)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from framecdn.cli import Subcommands
 from framecdn.errors import UsageError
 from framecdn.origin.apikeys import digest_line, new_api_key
 from framecdn.origin.scope import ALL_SITES
@@ -12,7 +13,7 @@ from framecdn.origin.scope import ALL_SITES
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "api-key",
         help="make an API key for a site; print it and its line for the keys file",

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from pydicom.uid import generate_uid
 
+from framecdn.cli import Subcommands
 from framecdn.cli.ingest import summary
 from framecdn.cli.stopping import ignore_signals, stop_on_signals
 from framecdn.cli.units import count
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 DEMO_PREFIX = "demo"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="embedded S3 + generated tomosynthesis study + origin",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from datetime import timedelta
 
-from framecdn.cli import add_storage_flags, settings_from_args
+from framecdn.cli import Subcommands, add_storage_flags, settings_from_args
 from framecdn.cli.units import count, human_bytes, parse_size
 from framecdn.errors import UsageError
 from framecdn.framestore.bucket import Bucket
@@ -19,7 +19,7 @@ from framecdn.maintenance.sweeper import SweepReport, sweep
 SKIPPED_SHOWN = 5
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Subcommands) -> None:
     pin_parser = subparsers.add_parser(
         "pin",
         help="keep a study (or series) out of lifecycle expiry, or release it",

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 
-from framecdn.cli import add_storage_flags, setting_help, settings_from_args
+from framecdn.cli import Subcommands, add_storage_flags, setting_help, settings_from_args
 from framecdn.cli.stopping import stop_on_signals
 from framecdn.errors import ConfigError
 from framecdn.framestore.bucket import Bucket
@@ -20,7 +20,7 @@ log = logging.getLogger("framecdn.fill")
 FLAG_SETTINGS = ("s3_endpoint", "bucket", "prefix", "fill_host", "fill_port", "fill_concurrency")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "fill",
         help="copy the instances the origin had to get from the upstream into the bucket",

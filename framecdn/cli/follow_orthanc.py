@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from framecdn.cli import add_storage_flags, settings_from_args
+from framecdn.cli import Subcommands, add_storage_flags, settings_from_args
 from framecdn.errors import ConfigError, FramecdnError
 from framecdn.framestore.config import Settings
 from framecdn.framestore.upstream_auth import read_credentials_file
@@ -40,7 +40,7 @@ _SETTING_FLAGS = (
 )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "follow-orthanc",
         help="ingest what arrives in Orthanc, following its change feed",

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from framecdn.cli import add_storage_flags, setting_help, settings_from_args
+from framecdn.cli import Subcommands, add_storage_flags, setting_help, settings_from_args
 from framecdn.cli.units import count
 from framecdn.ingest.pipeline import IngestReport, IngestResult, ingest_paths
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "ingest",
         help="split DICOM files into per-frame objects",

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
-from framecdn.cli import add_storage_flags, settings_from_args
+from framecdn.cli import Subcommands, add_storage_flags, settings_from_args
 from framecdn.cli.units import count, parse_size
 from framecdn.errors import UsageError
 from framecdn.framestore.bucket import Bucket
@@ -19,7 +19,7 @@ from framecdn.maintenance import lifecycle
 from framecdn.maintenance.lifecycle import Rule, RuleFilter
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "lifecycle",
         help="install, show or remove the bucket lifecycle rules that evict cached frames",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from framecdn.cli import Subcommands
 from framecdn.cli.stopping import stop_on_signals
 from framecdn.embedded_s3 import EmbeddedS3, EmbeddedS3Error
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "s3",
         help="run a local S3 store (SeaweedFS) for development",

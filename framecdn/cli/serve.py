@@ -21,7 +21,7 @@ from collections.abc import Iterator, MutableMapping
 
 import httpx
 
-from framecdn.cli import add_storage_flags, setting_help, settings_from_args
+from framecdn.cli import Subcommands, add_storage_flags, setting_help, settings_from_args
 from framecdn.cli.stopping import stop_on_signals
 from framecdn.errors import FramecdnError
 from framecdn.framestore.bucket import Bucket
@@ -42,7 +42,7 @@ FLAG_SETTINGS = (
 )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the DICOMweb frame origin",

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from framecdn.cli import add_storage_flags, settings_from_args
+from framecdn.cli import Subcommands, add_storage_flags, settings_from_args
 from framecdn.cli.eviction import unreadable_lines
 from framecdn.cli.units import count, human_bytes
 from framecdn.framestore.bucket import Bucket
@@ -15,7 +15,7 @@ from framecdn.framestore.retention import PINNED, RETENTION_TAG
 from framecdn.maintenance.stats import FORECAST_DAYS, PrefixStats, collect
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "stats",
         help="objects, bytes, oldest/newest study, what expires soon, pinned bytes",

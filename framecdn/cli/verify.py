@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from framecdn.cli import add_storage_flags, settings_from_args
+from framecdn.cli import Subcommands, add_storage_flags, settings_from_args
 from framecdn.cli.units import count, human_bytes
 from framecdn.errors import FramecdnError, UsageError
 from framecdn.framestore.bucket import Bucket
@@ -53,7 +53,7 @@ LABELS = {
 _CHUNK = 8 << 20
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "verify",
         help="check stored instances against their indexes (and sources); --repair fixes",

@@ -366,7 +366,7 @@ def _base_pattern(rows: int, columns: int, bits_stored: int, seed: int) -> np.nd
     noise = rng.integers(0, max(maximum // 16, 1), size=(rows, columns), dtype=np.uint32)
     pattern = tissue.astype(np.uint32) + noise
     pattern.flags.writeable = False
-    return pattern
+    return pattern  # type: ignore[no-any-return]  # numpy's addition is typed Any
 
 
 def _native_frame(

@@ -530,7 +530,7 @@ class Follower:
     def _delay(self, attempt: int) -> float:
         """Exponential backoff: the first retry after ``follow_retry_seconds``, then doubling."""
         first = self.settings.follow_retry_seconds
-        return min(first * 2 ** max(0, attempt - 1), self.settings.follow_retry_max_seconds)
+        return min(first * 2.0 ** max(0, attempt - 1), self.settings.follow_retry_max_seconds)
 
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
         """``call()`` until Orthanc answers; ResourceGone passes through; Stopped on stop."""

@@ -93,7 +93,7 @@ def _optional_int(dataset: Dataset, keyword: str, default: int) -> int:
     if value is None or value == "":
         return default
     try:
-        return int(value)  # type: ignore[call-overload]
+        return int(value)  # type: ignore[call-overload, no-any-return]
     except (TypeError, ValueError, OverflowError):
         raise InvalidInstance(f"{keyword} {repr(value)[:40]} is not a number") from None
 

@@ -9,6 +9,7 @@ frames, and NumberOfFrames is always present.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.tag import Tag
@@ -35,7 +36,7 @@ def instance_json(
     key: InstanceKey,
     transfer_syntax_uid: str,
     number_of_frames: int,
-) -> dict:
+) -> dict[str, Any]:
     """DICOM JSON object of the instance, with Pixel Data as a BulkDataURI.
 
     A metadata-only instance (``number_of_frames`` 0: an SR, KO, RT Plan) gets no
@@ -58,5 +59,5 @@ def instance_json(
     return dict(sorted(body.items(), key=lambda item: Tag(item[0])))
 
 
-def encode(body: dict) -> bytes:
+def encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()

@@ -489,7 +489,7 @@ def _settled_future(entry: FrameEntry) -> Future[FrameEntry]:
     return future
 
 
-def _wait_all(futures: Iterable[Future]) -> None:
+def _wait_all(futures: Iterable[Future[Any]]) -> None:
     for future in futures:
         if not future.cancelled():
             with contextlib.suppress(BaseException):  # we only wait here

@@ -340,7 +340,7 @@ class _Walk:
 
     def _tag(self, head: bytes) -> int:
         group, element = struct.unpack(f"{self._endian}HH", head[:4])
-        return group << 16 | element
+        return int(group << 16 | element)
 
     def _bound(self, level: _Level) -> str:
         if level.limit == self._end.offset:

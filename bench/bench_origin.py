@@ -259,7 +259,7 @@ def throughput(
                 if status != 200:
                     raise RuntimeError(f"status {status}")
                 totals[n] += size
-        except BaseException as exc:  # re-raised in the main thread after the run
+        except BaseException as exc:  # noqa: BLE001 — re-raised in the main thread after the run
             errors.append(exc)
 
     def sample_rss() -> None:
@@ -579,7 +579,7 @@ def run(args: argparse.Namespace, binary: str, tmp_path: Path) -> Results:
         settings = store.settings(prefix=f"bench-{uuid.uuid4().hex[:8]}")
         index = ingest_study(tmp_path, settings, args)
         frames = Frames(index, args.frames)
-        store_pid = store._process.pid  # the weed process the bench started
+        store_pid = store.pid  # the weed process the bench started
         layout = KeyLayout(settings.prefix)
         presigner = Presigner(store.endpoint, store.bucket, resolve_credentials(settings),
                               "us-east-1", 3600)

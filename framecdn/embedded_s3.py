@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from framecdn.errors import FramecdnError, MissingExtra
 from framecdn.framestore.config import Settings
 from framecdn.framestore.s3 import make_client
@@ -138,6 +140,11 @@ class EmbeddedS3:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port('s3')}"
+
+    @property
+    def pid(self) -> int | None:
+        """The weed process this object started (None before start or for a reused one)."""
+        return self._process.pid if self._process is not None else None
 
     @property
     def master_address(self) -> str:
@@ -272,7 +279,7 @@ class EmbeddedS3:
                     f"weed mini exited with {self._process.returncode}; see {self.log_path}"
                 )
             try:
-                urllib.request.urlopen(self.endpoint, timeout=2).close()
+                urllib.request.urlopen(self.endpoint, timeout=2).close()  # noqa: S310 (our http URL)
             except urllib.error.HTTPError:
                 pass  # 403 without credentials: S3 is answering on our port
             except OSError as exc:
@@ -282,7 +289,7 @@ class EmbeddedS3:
             try:
                 self.ensure_bucket()
                 return
-            except Exception as exc:  # volumes may still be coming up
+            except (BotoCoreError, ClientError) as exc:  # volumes may still be coming up
                 last_error = exc
                 time.sleep(0.3)
         raise EmbeddedS3Error(

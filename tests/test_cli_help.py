@@ -29,7 +29,8 @@ def every_parser() -> dict[str, argparse.ArgumentParser]:
     found: dict[str, argparse.ArgumentParser] = {}
 
     def walk(parser: argparse.ArgumentParser, name: str) -> None:
-        subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        # The subcommands action is the one whose choices are parsers by name.
+        subcommands = [a for a in parser._actions if isinstance(a.choices, dict)]
         if not subcommands:
             found[name] = parser
         for action in subcommands:

@@ -88,7 +88,7 @@ class MultipartUpload:
         """Upload part ``number`` (1-based); returns its SHA-256 (hex)."""
         digest = hashlib.sha256(body).digest()
         checksum = base64.b64encode(digest).decode()
-        answer = self.bucket._call(
+        answer = self.bucket.call(
             f"PUT part {number} of {self.key}",
             lambda: self.bucket.client.upload_part(
                 Bucket=self.bucket.name,
@@ -111,7 +111,7 @@ class MultipartUpload:
         """Join the parts into the object (it appears only now)."""
         with self._lock:
             parts = [self._parts[number] for number in sorted(self._parts)]
-        self.bucket._call(
+        self.bucket.call(
             f"complete multipart upload of {self.key}",
             lambda: self.bucket.client.complete_multipart_upload(
                 Bucket=self.bucket.name,
@@ -124,7 +124,7 @@ class MultipartUpload:
     def abort(self) -> None:
         """Throw the uploaded parts away (a missing upload is not an error)."""
         with contextlib.suppress(ObjectMissing):
-            self.bucket._call(
+            self.bucket.call(
                 f"abort multipart upload of {self.key}",
                 lambda: self.bucket.client.abort_multipart_upload(
                     Bucket=self.bucket.name, Key=self.key, UploadId=self.upload_id
@@ -189,7 +189,8 @@ class Bucket:
             return StoreError(f"S3 at {self.endpoint} did not answer in time ({what})")
         return StoreError(f"S3 at {self.endpoint} failed {what}: {' '.join(str(exc).split())}")
 
-    def _call(self, what: str, action: Callable[[], T], key: str | None = None) -> T:
+    def call(self, what: str, action: Callable[[], T], key: str | None = None) -> T:
+        """Run one S3 call; its failure becomes framecdn's error naming ``what``."""
         try:
             return action()
         except (ClientError, BotoCoreError) as exc:
@@ -198,11 +199,11 @@ class Bucket:
     # Bucket ------------------------------------------------------------------
     def check(self) -> None:
         """Raise a one-line StoreError unless the bucket exists and the credentials work."""
-        self._call(f"HEAD bucket {self.name}", lambda: self.client.head_bucket(Bucket=self.name))
+        self.call(f"HEAD bucket {self.name}", lambda: self.client.head_bucket(Bucket=self.name))
 
     def server(self) -> str:
         """The store's ``Server`` header (``AmazonS3``, ``MinIO``, ``SeaweedFS ...``)."""
-        answer = self._call("HEAD bucket", lambda: self.client.head_bucket(Bucket=self.name))
+        answer = self.call("HEAD bucket", lambda: self.client.head_bucket(Bucket=self.name))
         return str(answer["ResponseMetadata"]["HTTPHeaders"].get("server", ""))
 
     # Objects -------------------------------------------------------------------
@@ -212,7 +213,7 @@ class Bucket:
         pages = paginator.paginate(Bucket=self.name, Prefix=prefix)
         iterator = iter(pages)
         while True:
-            page = self._call(f"LIST {prefix or '(all)'}", lambda: next(iterator, None))
+            page = self.call(f"LIST {prefix or '(all)'}", lambda: next(iterator, None))
             if page is None:
                 return
             for obj in page.get("Contents", []):
@@ -225,19 +226,19 @@ class Bucket:
             body: bytes = self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
             return body
 
-        return self._call(f"GET {key}", read, key)
+        return self.call(f"GET {key}", read, key)
 
     def chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """The object's bytes, read in chunks (a large frame is never whole in memory);
         ObjectMissing if there is no such key, StoreError if reading fails midway."""
         what = f"GET {key}"
-        body = self._call(
+        body = self.call(
             what, lambda: self.client.get_object(Bucket=self.name, Key=key)["Body"], key
         )
         try:
             pieces = body.iter_chunks(chunk_size)
             while True:
-                chunk = self._call(what, lambda: next(pieces, None), key)
+                chunk = self.call(what, lambda: next(pieces, None), key)
                 if chunk is None:
                     return
                 yield chunk
@@ -258,7 +259,7 @@ class Bucket:
         case is told apart by asking for the bucket before answering "missing".
         """
         try:
-            return self._call(
+            return self.call(
                 f"HEAD {key}", lambda: self.client.head_object(Bucket=self.name, Key=key), key
             )
         except ObjectMissing:
@@ -289,7 +290,7 @@ class Bucket:
         }
         if retention is not None:
             arguments["Tagging"] = tagging(retention)
-        self._call(f"PUT {key}", lambda: self.client.put_object(**arguments))
+        self.call(f"PUT {key}", lambda: self.client.put_object(**arguments))
         return digest.hex()
 
     def start_multipart(
@@ -307,7 +308,7 @@ class Bucket:
         }
         if retention is not None:
             arguments["Tagging"] = tagging(retention)
-        answer = self._call(
+        answer = self.call(
             f"start multipart upload of {key}",
             lambda: self.client.create_multipart_upload(**arguments),
         )
@@ -319,7 +320,7 @@ class Bucket:
         for start in range(0, len(keys), batch_size):
             batch = keys[start : start + batch_size]
             request = {"Objects": [{"Key": key} for key in batch], "Quiet": True}
-            answer = self._call(
+            answer = self.call(
                 f"batched DELETE ({len(batch)} of {len(keys)} keys)",
                 lambda request=request: self.client.delete_objects(  # type: ignore[misc]
                     Bucket=self.name, Delete=request
@@ -341,7 +342,7 @@ class Bucket:
         """
         head = self.head(key)
         extra = {"CacheControl": head["CacheControl"]} if head.get("CacheControl") else {}
-        self._call(
+        self.call(
             f"COPY {key} onto itself",
             lambda: self.client.copy_object(
                 Bucket=self.name,
@@ -359,7 +360,7 @@ class Bucket:
     # Tags ----------------------------------------------------------------------
     def tags(self, key: str) -> dict[str, str]:
         """The object's tags; ObjectMissing if there is no such key."""
-        answer = self._call(
+        answer = self.call(
             f"GET tags of {key}",
             lambda: self.client.get_object_tagging(Bucket=self.name, Key=key),
             key,
@@ -368,7 +369,7 @@ class Bucket:
 
     def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
         tag_set = [{"Key": name, "Value": value} for name, value in tags.items()]
-        self._call(
+        self.call(
             f"PUT tags of {key}",
             lambda: self.client.put_object_tagging(
                 Bucket=self.name, Key=key, Tagging={"TagSet": tag_set}
@@ -407,14 +408,14 @@ class Bucket:
     def put_lifecycle_rules(self, rules: Sequence[Mapping[str, Any]]) -> None:
         """Replace the bucket's rules (none: remove the configuration)."""
         if rules:
-            self._call(
+            self.call(
                 "PUT lifecycle rules",
                 lambda: self.client.put_bucket_lifecycle_configuration(
                     Bucket=self.name, LifecycleConfiguration={"Rules": list(rules)}
                 ),
             )
         else:
-            self._call(
+            self.call(
                 "DELETE lifecycle rules",
                 lambda: self.client.delete_bucket_lifecycle(Bucket=self.name),
             )

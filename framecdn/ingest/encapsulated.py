@@ -205,7 +205,7 @@ class FragmentFrames:
         try:
             table = dataset.get("ExtendedOffsetTable")
             lengths = dataset.get("ExtendedOffsetTableLengths")
-        except Exception:  # an unreadable table is no table
+        except Exception:  # noqa: BLE001 — an unreadable table is no table
             return None
         if not table or not lengths:
             return None

@@ -84,7 +84,7 @@ def read_number_of_frames(dataset: Dataset) -> int:
 def _value(dataset: Dataset, keyword: str) -> object:
     try:
         return dataset.get(keyword)
-    except Exception as exc:  # pydicom converting a corrupt raw value
+    except Exception as exc:  # noqa: BLE001 — pydicom converting a corrupt raw value
         raise InvalidInstance(f"{keyword} is unreadable ({type(exc).__name__})") from None
 
 

@@ -207,7 +207,7 @@ def _split_instance(
 def _sop_class_name(dataset: Dataset) -> str:
     try:
         return UID(str(dataset.get("SOPClassUID", ""))).name
-    except Exception:  # unreadable: no name
+    except Exception:  # noqa: BLE001 — unreadable: no name
         return ""
 
 
@@ -290,7 +290,7 @@ def _read_file_meta(fp: BinaryIO) -> tuple[FileMetaDataset, int]:
         meta = FileMetaDataset(read_dataset(fp, False, True, stop_when=_stop_at_dataset))
         for _ in meta:  # convert every element now: a file meta pydicom cannot read is damage
             pass
-    except Exception as exc:  # pydicom on untrusted bytes
+    except Exception as exc:  # noqa: BLE001 — pydicom on untrusted bytes
         raise InvalidInstance(f"not a DICOM Part 10 file ({_first_line(exc)})") from None
     if fp.tell() != dataset_start:
         raise InvalidInstance("not a DICOM Part 10 file (file meta group ends ambiguously)")
@@ -308,7 +308,7 @@ def _stop_at_dataset(tag: BaseTag, vr: str | None, length: int) -> bool:
 def _transfer_syntax(meta: FileMetaDataset) -> UID:
     try:
         value = meta.get("TransferSyntaxUID")
-    except Exception:  # unreadable is as good as missing
+    except Exception:  # noqa: BLE001 — unreadable is as good as missing
         value = None
     if not value:
         raise InvalidInstance("not a DICOM Part 10 file (no Transfer Syntax UID in the file meta)")
@@ -395,7 +395,7 @@ def _read_dataset(
         dataset = read_dataset(
             fp, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=_at_pixel_data
         )
-    except Exception as exc:  # pydicom on untrusted bytes
+    except Exception as exc:  # noqa: BLE001 — pydicom on untrusted bytes
         raise InvalidInstance(f"cannot read the DICOM header ({_first_line(exc)})") from None
     end = pixel_data.offset if pixel_data is not None else fp.seek(0, os.SEEK_END)
     if fp.tell() != end:
@@ -441,7 +441,7 @@ def _read_trailing_elements(
             fp, syntax.is_implicit_VR, syntax.is_little_endian, bytelength=size - start
         )
         kept = [element for element in trailing if _PIXEL_DATA < element.tag != _PADDING]
-    except Exception as exc:  # pixels are fine; a broken tail only loses itself
+    except Exception as exc:  # noqa: BLE001 — pixels are fine; a broken tail only loses itself
         log.warning("ignoring unreadable elements after Pixel Data: %s", _first_line(exc))
         return
     for element in kept:
@@ -473,7 +473,7 @@ def _check_nesting(dataset: Dataset) -> None:
                 element = item[tag]
             except RecursionError:
                 raise InvalidInstance(_too_deep()) from None
-            except Exception:  # a value pydicom cannot convert is not kept
+            except Exception:  # noqa: BLE001, S112 — a value pydicom cannot convert is not kept
                 continue
             if element.VR == "SQ" and element.value:
                 if depth >= MAX_NESTING:
@@ -492,7 +492,7 @@ def _check_uids(dataset: Dataset) -> None:
             validate_uid(str(value) if value else "", what=keyword)
         except InvalidUID as exc:
             raise InvalidInstance(str(exc)) from None
-        except Exception as exc:  # pydicom converting a corrupt value
+        except Exception as exc:  # noqa: BLE001 — pydicom converting a corrupt value
             raise InvalidInstance(f"{keyword} is unreadable ({type(exc).__name__})") from None
 
 

@@ -150,9 +150,24 @@ def sweep(
     # Read before anything is deleted: a marker the store fails to give stops the run here.
     last_access = read_last_access(bucket, layout, workers=workers)
 
-    # 1. Half-evicted instances and dead ingests (never in a study whose tags are unknown).
+    _repair(bucket, layout, inventory, report, now - orphan_grace.total_seconds())
+    _evict_over_budget(bucket, inventory, last_access, report)
+    _remove_stale_markers(bucket, layout, inventory, report)
+    if refresh_after is not None:
+        _refresh(bucket, inventory, last_access, report, refresh_after, force_refresh, now,
+                 workers)
+    report.usage_after = inventory.bytes
+    return report
+
+
+def _repair(
+    bucket: Bucket, layout: KeyLayout, inventory: PrefixInventory, report: SweepReport,
+    orphaned_before: float,
+) -> None:
+    """1. Half-evicted instances and dead ingests (never in a study whose tags are unknown)."""
+    dry_run = report.dry_run
     broken: dict[InstanceKey, list[StoredObject]] = {}
-    oldest_orphan = datetime.fromtimestamp(now, UTC) - orphan_grace
+    oldest_orphan = datetime.fromtimestamp(orphaned_before, UTC)
     for instance in inventory.instances:
         if instance.key.study in report.skipped:
             continue
@@ -170,43 +185,59 @@ def sweep(
         evict_objects(bucket, broken, dry_run=dry_run)
         inventory.forget(broken)
 
-    # 2. Least recently used studies until under budget.
+
+def _evict_over_budget(
+    bucket: Bucket, inventory: PrefixInventory, last_access: dict[str, float], report: SweepReport
+) -> None:
+    """2. Least recently used studies until under budget."""
     ranked = rank(inventory, last_access)
     report.pinned_bytes = sum(study.pinned_bytes for study in inventory.studies.values())
     report.kept_bytes = sum(c.bytes for c in ranked if c.pinned or not c.evictable)
-    if max_bytes is not None:
-        report.evicted = choose(ranked, inventory.bytes, max_bytes)
-        for candidate in report.evicted:
-            study = inventory.studies[candidate.study]
-            found = {key: inst.objects for key, inst in study.instances.items()}
-            evict_objects(bucket, found, dry_run=dry_run)
-            del inventory.studies[candidate.study]
+    if report.max_bytes is None:
+        return
+    report.evicted = choose(ranked, inventory.bytes, report.max_bytes)
+    for candidate in report.evicted:
+        study = inventory.studies[candidate.study]
+        found = {key: inst.objects for key, inst in study.instances.items()}
+        evict_objects(bucket, found, dry_run=report.dry_run)
+        del inventory.studies[candidate.study]
 
-    # 3. Markers of studies that are gone.
+
+def _remove_stale_markers(
+    bucket: Bucket, layout: KeyLayout, inventory: PrefixInventory, report: SweepReport
+) -> None:
+    """3. Markers of studies that are gone."""
     stale = [
         key
         for study, key in list_marker_keys(bucket, layout).items()
         if study not in inventory.studies
     ]
-    if stale and not dry_run:
+    if stale and not report.dry_run:
         bucket.delete(stale)
     report.markers_removed = stale
 
-    # 4. Refresh what is read but getting old.
-    if refresh_after is not None:
-        safe, why = refresh_support(bucket)
-        if not (safe or force_refresh):
-            report.refresh_note = f"refresh skipped: {why} (see docs/operations.md)"
-        else:
-            report.refresh_note = why
-            for study in inventory.studies.values():
-                if _wants_refresh(study, last_access.get(study.study), refresh_after, now):
-                    if not dry_run:
-                        refresh_study(bucket, study, workers=workers)
-                    report.refreshed.append(study.study)
 
-    report.usage_after = inventory.bytes
-    return report
+def _refresh(
+    bucket: Bucket,
+    inventory: PrefixInventory,
+    last_access: dict[str, float],
+    report: SweepReport,
+    refresh_after: timedelta,
+    force_refresh: bool,
+    now: float,
+    workers: int,
+) -> None:
+    """4. Refresh what is read but getting old."""
+    safe, why = refresh_support(bucket)
+    if not (safe or force_refresh):
+        report.refresh_note = f"refresh skipped: {why} (see docs/operations.md)"
+        return
+    report.refresh_note = why
+    for study in inventory.studies.values():
+        if _wants_refresh(study, last_access.get(study.study), refresh_after, now):
+            if not report.dry_run:
+                refresh_study(bucket, study, workers=workers)
+            report.refreshed.append(study.study)
 
 
 def _wants_refresh(

@@ -117,7 +117,7 @@ async def _close_quietly(task: asyncio.Task[ObjectStream]) -> None:
         task.cancel()
     try:
         stream = await task
-    except BaseException:  # cancelled, or failed to open: nothing to close
+    except BaseException:  # noqa: BLE001 — cancelled, or failed to open: nothing to close
         return
     await stream.aclose()
 

@@ -24,9 +24,9 @@ screenshot: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-## Static checks: ruff (rules in pyproject.toml) and mypy on the package.
+## Static checks: ruff (rules in pyproject.toml); mypy, strict on the package, on tests and benches too.
 lint: $(BIN)/.installed
-	$(BIN)/ruff check . ; ruff=$$?; $(BIN)/mypy framecdn && exit $$ruff
+	$(BIN)/ruff check . ; ruff=$$?; $(BIN)/mypy && exit $$ruff
 
 ## Benchmarks (minutes; write their numbers into docs/benchmarks.md).
 bench: $(BIN)/.installed

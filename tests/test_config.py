@@ -12,8 +12,13 @@ from framecdn.framestore.config import (
     Settings,
     describe,
     environment_table,
+    http_url,
     parse_value,
+    redact_userinfo,
 )
+
+#: Every setting that holds a URL: S3 endpoints, upstream, fill, Orthanc, JWKS, ...
+URL_VARIABLES = [f.metadata["env"] for f in fields(Settings) if f.metadata["check"] is http_url]
 
 
 def test_settings_from_environment() -> None:
@@ -92,6 +97,62 @@ def test_values_from_flags_and_code_are_checked_too() -> None:
         Settings().with_overrides(port="8080")  # a string is not a port
     with pytest.raises(ConfigError, match="FRAMECDN_MAX_FRAMES_PER_REQUEST"):
         Settings(max_frames_per_request=True)  # nor is a bool a count
+
+
+def test_every_url_setting_is_checked() -> None:
+    assert len(URL_VARIABLES) >= 7
+    assert {"FRAMECDN_S3_ENDPOINT", "FRAMECDN_ORTHANC_URL", "FRAMECDN_AUTH_JWKS_URL"} <= set(
+        URL_VARIABLES
+    )
+
+
+@pytest.mark.parametrize("variable", URL_VARIABLES)
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (" http://h.example:8042", "spaces or control characters"),
+        ("http://h.example:8042\n", "spaces or control characters"),
+        ("http://h.exa\tmple:8042", "spaces or control characters"),
+        ("http://h.example:80\x00", "spaces or control characters"),
+        ("http://h.example:99999", "port"),
+        ("http://h.example:0", "port"),
+        ("http://h.example:", "port"),
+        ("http://h.example:x1", "port"),
+        ("http://h..example", "host"),
+        ("http://h/x$.example", None),  # a path may hold what a host may not
+        ("http://[::1:8042", "not"),
+        ("http://u:pw@/", "host"),
+    ],
+)
+def test_url_settings_are_checked_strictly(variable: str, value: str, problem: str | None) -> None:
+    if problem is None:
+        Settings.from_env({variable: value})
+        return
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+    message = str(caught.value)
+    assert message.startswith(f"{variable}=") and problem in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("variable", URL_VARIABLES)
+def test_no_url_password_in_a_refusal(variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: "http://user:Pa55w0rd@h.example:99999/x"})
+    assert "Pa55w0rd" not in str(caught.value) and "user" not in str(caught.value)
+    assert "***@h.example" in str(caught.value)
+
+
+def test_a_refused_override_names_where_it_came_from() -> None:
+    with pytest.raises(ConfigError, match=r"^--url=' http://o:8042' ") as caught:
+        Settings().with_overrides({"orthanc_url": "--url"}, orthanc_url=" http://o:8042")
+    assert "FRAMECDN_ORTHANC_URL" not in str(caught.value)
+
+
+def test_redact_userinfo() -> None:
+    assert redact_userinfo("at http://u:p@w@h:1/x and https://h/y@z") == (
+        "at http://***@h:1/x and https://h/y@z"
+    )
 
 
 @pytest.mark.parametrize("raw", ["1", "true", "TRUE", "yes", "on", " On "])

@@ -14,13 +14,13 @@ import importlib
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any, Protocol
 
 from framecdn import __version__
 from framecdn.errors import ConfigError, FramecdnError
-from framecdn.framestore.config import ENVIRONMENT, Settings
+from framecdn.framestore.config import ENVIRONMENT, Settings, redact_userinfo
 from framecdn.origin.access_log import LOG_FORMAT
 
 #: Subcommand modules, in the order ``framecdn --help`` lists them.
@@ -107,12 +107,25 @@ def add_storage_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prefix", help=setting_help("prefix", "key prefix, e.g. one per clinic"))
 
 
-def settings_from_args(args: argparse.Namespace, *names: str) -> Settings:
-    """Settings from the environment, overridden by whichever of ``names`` were given."""
-    names = names or ("s3_endpoint", "bucket", "prefix")
+#: The flags of :func:`add_storage_flags`, by the setting each overrides.
+STORAGE_FLAGS = {"s3_endpoint": "--endpoint", "bucket": "--bucket", "prefix": "--prefix"}
+
+
+def settings_from_args(
+    args: argparse.Namespace, *names: str, flags: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from the environment, overridden by whichever of ``names`` were given.
+
+    ``flags`` spells the flag of each name (default: the storage flags, else
+    ``--name``), so that a refused value is reported under the flag it came from.
+    """
+    spelled = {**STORAGE_FLAGS, **(flags or {})}
+    names = names or tuple(flags or STORAGE_FLAGS)
+    sources = {name: spelled.get(name, "--" + name.replace("_", "-")) for name in names}
     try:
         base = Settings.from_env()
-        return base.with_overrides(**{name: getattr(args, name, None) for name in names})
+        given = {name: getattr(args, name, None) for name in names}
+        return base.with_overrides(sources, **given)
     except ValueError as exc:  # a setting framecdn refuses
         raise ConfigError(str(exc)) from exc
 
@@ -155,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FramecdnError as exc:
         if args.verbose:
             traceback.print_exc()
-        line = " ".join(str(exc).split()) or type(exc).__name__
+        line = redact_userinfo(" ".join(str(exc).split())) or type(exc).__name__
         print(f"framecdn {command_name(args)}: {line}", file=sys.stderr, flush=True)
         return exc.exit_code
 

@@ -11,6 +11,7 @@ from framecdn.cli import Subcommands, add_storage_flags, setting_help, settings_
 from framecdn.cli.stopping import stop_on_signals
 from framecdn.errors import ConfigError
 from framecdn.framestore.bucket import Bucket
+from framecdn.framestore.config import redact_userinfo
 from framecdn.framestore.upstream_auth import upstream_authorization
 from framecdn.ingest.fill import Filler
 from framecdn.ingest.fill_service import FillServer
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         server = FillServer((settings.fill_host, settings.fill_port), filler)
         log.info(
             "fill service on %s: %d at once, from %s", server.url, settings.fill_concurrency,
-            settings.upstream_url,
+            redact_userinfo(settings.upstream_url),
         )
         try:
             server.serve_forever()

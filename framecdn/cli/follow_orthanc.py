@@ -17,27 +17,28 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from framecdn.cli import Subcommands, add_storage_flags, settings_from_args
 from framecdn.errors import ConfigError, FramecdnError
-from framecdn.framestore.config import Settings
+from framecdn.framestore.config import Settings, redact_userinfo
 from framecdn.framestore.upstream_auth import read_credentials_file
 from framecdn.ingest.follower import TRIGGERS, Follower
 from framecdn.ingest.orthanc import OrthancClient, OrthancRefused, OrthancUnavailable
 
 log = logging.getLogger("framecdn.follow")
 
-_SETTING_FLAGS = (
-    "s3_endpoint",
-    "bucket",
-    "prefix",
-    "orthanc_url",
-    "orthanc_credentials_file",
-    "follow_trigger",
-    "follow_concurrency",
-    "follow_modalities",
-    "follow_sop_classes",
-    "follow_min_frames",
-    "follow_shard",
-    "follow_feed_id",
-)
+#: The settings this command's flags override, and each one's flag.
+_SETTING_FLAGS = {
+    "s3_endpoint": "--endpoint",
+    "bucket": "--bucket",
+    "prefix": "--prefix",
+    "orthanc_url": "--url",
+    "orthanc_credentials_file": "--credentials-file",
+    "follow_trigger": "--trigger",
+    "follow_concurrency": "--concurrency",
+    "follow_modalities": "--modality",
+    "follow_sop_classes": "--sop-class",
+    "follow_min_frames": "--min-frames",
+    "follow_shard": "--shard",
+    "follow_feed_id": "--feed-id",
+}
 
 
 def register(subparsers: Subcommands) -> None:
@@ -123,7 +124,9 @@ def register(subparsers: Subcommands) -> None:
     parser.add_argument(
         "--once",
         action="store_true",
-        help="stop when the feed has nothing new (for cron jobs and scripts)",
+        help="stop when the feed has nothing new (for cron jobs and scripts); gives up with "
+        "exit status 1 when Orthanc or the store fails FRAMECDN_FOLLOW_MAX_ATTEMPTS times in a "
+        "row, instead of waiting for them",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_storage_flags(parser)
@@ -148,7 +151,7 @@ def follower_settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
     args.follow_modalities = _split_list(args.follow_modalities)
     args.follow_sop_classes = _split_list(args.follow_sop_classes)
-    return settings_from_args(args, *_SETTING_FLAGS)
+    return settings_from_args(args, flags=_SETTING_FLAGS)
 
 
 def orthanc_credentials(settings: Settings) -> tuple[str | None, str | None]:
@@ -193,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except FramecdnError as exc:
-        print(f"framecdn follow-orthanc: {exc}", file=sys.stderr)
+        print(f"framecdn follow-orthanc: {redact_userinfo(str(exc))}", file=sys.stderr)
         return exc.exit_code
 
 
@@ -203,13 +206,13 @@ def _run(args: argparse.Namespace) -> int:
     settings = follower_settings(args)
     if not settings.orthanc_url:
         raise ConfigError("no Orthanc URL: pass --url or set FRAMECDN_ORTHANC_URL")
-    url = urlsplit(settings.orthanc_url)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise ConfigError(f"Orthanc URL {settings.orthanc_url!r} is not http(s)://host[:port]")
+    source = "--url" if args.orthanc_url else "FRAMECDN_ORTHANC_URL"
+    url = urlsplit(settings.orthanc_url)  # checked strictly by Settings (http_url)
     if url.username or url.password:
         raise ConfigError(
-            "the Orthanc URL carries credentials: put them in FRAMECDN_ORTHANC_USERNAME / "
-            "FRAMECDN_ORTHANC_PASSWORD or --credentials-file (a URL shows in ps and in logs)"
+            f"the Orthanc URL carries credentials ({source}): put them in "
+            "FRAMECDN_ORTHANC_USERNAME / FRAMECDN_ORTHANC_PASSWORD or --credentials-file "
+            "(a URL shows in ps and in logs)"
         )
     username, password = orthanc_credentials(settings)
     orthanc = OrthancClient(
@@ -219,7 +222,11 @@ def _run(args: argparse.Namespace) -> int:
         timeout=settings.orthanc_timeout,
         max_connections=settings.follow_concurrency + 4,
     )
-    with orthanc, Follower(settings, orthanc) as follower, stop_on_signals(follower):
+    with (
+        orthanc,
+        Follower(settings, orthanc, bounded=args.once) as follower,
+        stop_on_signals(follower),
+    ):
         follower.bucket.check()
         try:
             system = orthanc.system()

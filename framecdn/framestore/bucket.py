@@ -38,7 +38,7 @@ from botocore.exceptions import (
 )
 
 from framecdn.errors import ObjectMissing, StoreError
-from framecdn.framestore.config import Settings
+from framecdn.framestore.config import Settings, redact_userinfo
 from framecdn.framestore.retention import CACHE, RETENTION_TAG, tagging
 
 T = TypeVar("T")
@@ -139,7 +139,8 @@ class Bucket:
     def __init__(self, client: Any, name: str, *, endpoint: str | None = None) -> None:
         self.client = client
         self.name = name
-        self.endpoint = endpoint or getattr(getattr(client, "meta", None), "endpoint_url", "S3")
+        shown = endpoint or getattr(getattr(client, "meta", None), "endpoint_url", "S3")
+        self.endpoint = redact_userinfo(str(shown))  # it is in every error line
 
     @classmethod
     def from_settings(cls, settings: Settings, *, max_connections: int | None = None) -> Bucket:

@@ -23,10 +23,12 @@ variable. Nothing is silently clamped. Booleans are ``1/true/yes/on`` or
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 import os
 import re
 import typing
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any, TypeVar
@@ -46,6 +48,9 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 #: capitals and underscores; anything outside this set cannot be a bucket anywhere.
 _BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
 _MAX_PRESIGN_WINDOW = 7 * 24 * 3600 // 2  # a URL lives two windows; SigV4 allows 7 days
+_HOST_LABEL = re.compile(r"[\w-]+")
+#: The userinfo of a URL (``scheme://user:password@``), even of a URL that is malformed.
+_USERINFO = re.compile(r"://[^/?#\s]*@")
 
 
 def setting(
@@ -82,19 +87,57 @@ def one_of(*choices: str) -> Check:
 
 
 def http_url(value: str | None) -> str | None:
-    """``http(s)://host[:port][/path]``; None (unset) passes."""
+    """``http(s)://host[:port][/path]``, strictly; None (unset) passes.
+
+    Strict because Python's ``urlsplit`` quietly drops leading spaces, tabs and
+    newlines that httpx and aiohttp then refuse (or retry forever on): what passes
+    here is what every client framecdn uses will accept.
+    """
     if value is None:
         return None
+    odd = next((c for c in value if c.isspace() or unicodedata.category(c)[0] == "C"), None)
+    if odd is not None:
+        return f"must not contain spaces or control characters (it has {odd!r})"
     try:
         parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
+    except ValueError as exc:  # an unclosed [IPv6] literal
         return f"is not a URL ({exc})"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.netloc:
         return "must be an http:// or https:// URL with a host"
+    if not _valid_host(parts.hostname or ""):
+        return "has no valid host name or address"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port is None and parts.netloc.endswith(":"):
+        port = 0
+    if port is not None and not 1 <= port <= 65535:
+        return "has a port that is not a number from 1 to 65535"
     if parts.query or parts.fragment:
         return "must not have a query or fragment"
     return None
+
+
+def _valid_host(host: str) -> bool:
+    """A DNS name (letters of any script, digits, ``-``, ``_``, dots) or an IP address."""
+    if ":" in host:  # only an IPv6 literal (``[::1]``) keeps a colon in ``hostname``
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        return True
+    return bool(host) and all(label and _HOST_LABEL.fullmatch(label) for label in (
+        host[:-1] if host.endswith(".") else host
+    ).split("."))
+
+
+def redact_userinfo(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it replaced by ``***@``.
+
+    Messages show the values they refuse; a URL's userinfo is a secret wherever it is.
+    """
+    return _USERINFO.sub("://***@", text)
 
 
 def url_path(value: str) -> str | None:
@@ -604,7 +647,8 @@ class Settings:
     follow_max_attempts: int = setting(
         "FRAMECDN_FOLLOW_MAX_ATTEMPTS", 5,
         "Attempts before an instance that fails to ingest (with Orthanc and S3 healthy) is "
-        "reported and passed over.",
+        "reported and passed over; with `--once`, also failures of Orthanc or S3 in a row "
+        "before the run gives up (exit status 1).",
         check=at_least(1),
     )
     follow_modalities: tuple[str, ...] = setting(
@@ -632,15 +676,8 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        hints = _type_hints()
         for f in fields(self):
-            value = getattr(self, f.name)
-            problem = _type_problem(value, hints[f.name])
-            check = f.metadata.get("check")
-            if problem is None and check is not None and value is not None:
-                problem = check(value)
-            if problem is not None:
-                raise ConfigError(f"{f.metadata['env']}={_show(value, f)} {problem}")
+            _check_field(f, getattr(self, f.name), f.metadata["env"])
         _check_access_control(self)
 
     @property
@@ -654,9 +691,20 @@ class Settings:
         """The S3 URL clients reach (presigned redirects are signed for this host)."""
         return (self.s3_public_endpoint or self.internal_endpoint).rstrip("/")
 
-    def with_overrides(self, **overrides: Any) -> Settings:
-        """A copy with the given fields replaced; ``None`` values are ignored (unset flags)."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+    def with_overrides(
+        self, sources: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """A copy with the given fields replaced; ``None`` values are ignored (unset flags).
+
+        ``sources`` names where a value came from (``{"orthanc_url": "--url"}``): a
+        refused value is then reported under that name, not its variable's.
+        """
+        given = {k: v for k, v in overrides.items() if v is not None}
+        by_name = {f.name: f for f in fields(self)}
+        for name, value in given.items():
+            if sources and name in sources:
+                _check_field(by_name[name], value, sources[name])
+        return replace(self, **given)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -671,6 +719,16 @@ class Settings:
                 continue
             values[f.name] = parse_value(raw, hints[f.name], variable)
         return cls(**values)
+
+
+def _check_field(f: Field[Any], value: Any, source: str) -> None:
+    """Raise ConfigError naming ``source`` (a variable or a flag) if ``value`` is refused."""
+    problem = _type_problem(value, _type_hints()[f.name])
+    check = f.metadata.get("check")
+    if problem is None and check is not None and value is not None:
+        problem = check(value)
+    if problem is not None:
+        raise ConfigError(f"{source}={_show(value, f)} {problem}")
 
 
 def _check_access_control(settings: Settings) -> None:
@@ -774,7 +832,7 @@ def _type_problem(value: Any, annotation: Any) -> str | None:
 def _show(value: Any, f: Field[Any]) -> str:
     if not f.repr:
         return "<secret>"
-    return repr(",".join(value) if isinstance(value, tuple) else value)
+    return redact_userinfo(repr(",".join(value) if isinstance(value, tuple) else value))
 
 
 def _default_text(f: Field[Any]) -> str | None:

@@ -27,7 +27,7 @@ from datetime import date
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
-from framecdn.errors import ConfigError, StoreError
+from framecdn.errors import ConfigError, FramecdnError, StoreError
 from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex, InvalidIndex
@@ -128,6 +128,10 @@ class IngestFailed(Exception):
     """The pipeline reported a failure for a completely downloaded instance."""
 
 
+class GaveUp(FramecdnError):
+    """A one-shot run (``bounded``) met the same failure ``follow_max_attempts`` times."""
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceJob:
     instance_id: str
@@ -149,7 +153,11 @@ class Follower:
         *,
         bucket: Bucket | None = None,
         on_event: Callable[[FollowEvent], None] | None = None,
+        bounded: bool = False,
     ) -> None:
+        """``bounded`` (one-shot runs, ``--once``): give up with :class:`GaveUp` after
+        ``follow_max_attempts`` failures in a row of Orthanc or the store, instead of
+        waiting for them forever as a long-running follower does."""
         if settings.follow_trigger not in TRIGGERS:
             raise ConfigError(
                 f"trigger {settings.follow_trigger!r} is not one of {', '.join(TRIGGERS)}"
@@ -171,6 +179,8 @@ class Follower:
         )
         self.stats = FollowStats()
         self._on_event = on_event
+        self._bounded = bounded
+        self._gave_up: GaveUp | None = None
         self._stop = threading.Event()
         self._ingestor = Ingestor(settings)
         self._series_cache: dict[str, SeriesInfo] = {}
@@ -228,7 +238,18 @@ class Follower:
             self._pool = None
             self._save_cursor(force=True)
         log.info("cursor at change %d; %s", self._position.settled_through, self.stats.summary())
+        if self._gave_up is not None:
+            raise self._gave_up
         return self.stats
+
+    def _give_up(self, attempts: int, what: str, reason: str) -> bool:
+        """In a bounded run, after ``follow_max_attempts``: stop everything (True)."""
+        if not self._bounded or attempts < self.settings.follow_max_attempts:
+            return False
+        if self._gave_up is None:
+            self._gave_up = GaveUp(f"gave up on {what} after {attempts} attempts: {reason}")
+        self.stop()
+        return True
 
     def _save_cursor(self, *, force: bool = False) -> None:
         """Write the settled position if it moved (at most once a second unless forced)."""
@@ -258,6 +279,8 @@ class Follower:
                 page = self.orthanc.changes(position.fetched, MAX_CHANGES_PER_PAGE)
             except OrthancError as exc:
                 failures += 1
+                if self._give_up(failures, "Orthanc's change feed", str(exc)):
+                    return
                 delay = self._delay(failures)
                 self._report("feed-unavailable", "", f"{exc}; retrying in {delay:.1f} s")
                 self._stop.wait(delay)
@@ -300,8 +323,8 @@ class Follower:
             self._report("deleted", series_id, "series deleted from Orthanc before it was read")
             self._position.close(seq)
             return
-        except Stopped:
-            return
+        except (Stopped, GaveUp):
+            return  # a bounded run's GaveUp is raised by run()
         for info in instances:
             if self._stop.is_set() or self._pool is None:
                 return  # the series stays open: the cursor will not pass it
@@ -375,6 +398,8 @@ class Follower:
             self.cursor.save(start_seq)
             log.info("backfill done; following will start after change %d", start_seq)
         log.info("backfill: %s", self.stats.summary())
+        if self._gave_up is not None:
+            raise self._gave_up
         return self.stats
 
     def _all_instance_ids(self, page_size: int = 1000) -> Iterator[str]:
@@ -415,6 +440,8 @@ class Follower:
                 return False
             except (OrthancUnavailable, IncompleteDownload, StoreError) as exc:
                 reason = str(exc)  # Orthanc, the network or the store: wait for them
+                if self._give_up(attempt, f"Orthanc instance {job.instance_id}", reason):
+                    return False
             except (CorruptDownload, IngestFailed) as exc:
                 reason = str(exc)  # the file itself, unless the store is failing
                 counted += self._store_is_healthy()
@@ -540,11 +567,15 @@ class Follower:
             try:
                 return call()
             except OrthancUnavailable as exc:
+                if self._give_up(attempt, what, str(exc)):
+                    break
                 delay = self._delay(attempt)
                 self._report(
                     "feed-unavailable", "", f"reading {what}: {exc}; retrying in {delay:.1f} s"
                 )
                 self._stop.wait(delay)
+        if self._gave_up is not None:
+            raise self._gave_up
         raise Stopped()
 
     def _report(self, kind: EventKind, instance_id: str, detail: str) -> None:

@@ -15,6 +15,7 @@ file itself is bad). Messages are one line and never carry the credentials.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Self
@@ -38,6 +39,10 @@ class OrthancUnavailable(OrthancError):
 
 class OrthancRefused(OrthancUnavailable):
     """Orthanc answered 401 or 403: the credentials are wrong (or lack a permission)."""
+
+
+class NotOrthanc(OrthancError):
+    """The server's answers are not Orthanc's (an HTML page, an S3 endpoint's XML, ...)."""
 
 
 class ResourceGone(OrthancError):
@@ -158,7 +163,20 @@ class OrthancClient:
 
     # Requests ----------------------------------------------------------------
     def _get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        return self._request("GET", path, params=params).json()
+        return self._json(self._request("GET", path, params=params), path)
+
+    def _json(self, response: httpx.Response, path: str) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise self._not_orthanc(response, path) from None
+
+    def _not_orthanc(self, response: httpx.Response, path: str) -> NotOrthanc:
+        return NotOrthanc(
+            f"the server at {self.url} is not an Orthanc: {path} answered "
+            f"{response.status_code} with {_body_kind(response)}, not Orthanc's JSON "
+            "(is the URL Orthanc's REST root?)"
+        )
 
     def _request(
         self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None
@@ -172,6 +190,10 @@ class OrthancClient:
 
     def _check(self, response: httpx.Response, path: str) -> None:
         status = response.status_code
+        if 400 <= status < 500:
+            response.read()  # a streamed answer too: an error's body is short
+            if not _looks_like_orthanc(response):
+                raise self._not_orthanc(response, path)
         if status == 404:
             raise ResourceGone(f"Orthanc at {self.url} has no {path} (404)")
         if status in (401, 403):
@@ -185,7 +207,13 @@ class OrthancClient:
     # The server ----------------------------------------------------------------
     def system(self) -> dict[str, Any]:
         """``/system``: name and version; the cheapest authenticated request."""
-        return dict(self._get_json("/system"))
+        answer = self._get_json("/system")
+        if not isinstance(answer, dict) or "ApiVersion" not in answer:
+            raise NotOrthanc(
+                f"the server at {self.url} is not an Orthanc: /system answered JSON without "
+                "Orthanc's ApiVersion (is the URL Orthanc's REST root?)"
+            )
+        return answer
 
     def instance_count(self) -> int:
         return int(self._get_json("/statistics")["CountInstances"])
@@ -193,7 +221,7 @@ class OrthancClient:
     # The change feed -------------------------------------------------------------
     def changes(self, since: int, limit: int = MAX_CHANGES_PER_PAGE) -> ChangePage:
         """Changes with ``Seq > since``, oldest first, at most ``limit``."""
-        answer = self._get_json("/changes", {"since": since, "limit": limit})
+        answer = self._feed({"since": since, "limit": limit})
         changes = tuple(
             Change(
                 seq=int(entry["Seq"]),
@@ -207,8 +235,17 @@ class OrthancClient:
 
     def last_seq(self) -> int:
         """The Seq of the newest change (0 when the log is empty)."""
-        answer = self._get_json("/changes", {"last": ""})
+        answer = self._feed({"last": ""})
         return int(answer.get("Last", 0))
+
+    def _feed(self, params: dict[str, Any]) -> dict[str, Any]:
+        answer = self._get_json("/changes", params)
+        if not isinstance(answer, dict):
+            raise NotOrthanc(
+                f"the server at {self.url} is not an Orthanc: /changes answered JSON that is "
+                "not a change list"
+            )
+        return answer
 
     # Resources ---------------------------------------------------------------------
     def instance(self, instance_id: str) -> InstanceInfo:
@@ -258,7 +295,7 @@ class OrthancClient:
     def find_instances(self, query: dict[str, str]) -> list[str]:
         """Instances matching a ``/tools/find`` query (tags of any level, e.g. StudyDate)."""
         body = {"Level": "Instance", "Query": query, "Expand": False}
-        found = self._request("POST", "/tools/find", json=body).json()
+        found = self._json(self._request("POST", "/tools/find", json=body), "/tools/find")
         return [str(identifier) for identifier in found]
 
     # The file ------------------------------------------------------------------------
@@ -323,6 +360,30 @@ def _describe(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.ReadError | httpx.WriteError):
         return "broke the connection"
     return f"failed ({type(exc).__name__})"
+
+
+def _looks_like_orthanc(response: httpx.Response) -> bool:
+    """Orthanc's 4xx answers are empty or JSON (Debian's 1.10-1.12 send no Content-Type)."""
+    body = response.content.strip()
+    if not body:
+        return True
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
+
+
+def _body_kind(response: httpx.Response) -> str:
+    """What a non-JSON answer looks like, in a few words (never its text: it may be long)."""
+    head = response.content[:200].lstrip().lower()
+    if not head:
+        return "an empty body"
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "an HTML page"
+    if head.startswith(b"<"):
+        return "an XML document"
+    return "a body that is not JSON"
 
 
 def _int_or(value: Any, default: int) -> int:

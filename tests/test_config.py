@@ -9,6 +9,7 @@ import pytest
 from framecdn.errors import ConfigError
 from framecdn.framestore.config import (
     ENVIRONMENT,
+    SECTIONS,
     Settings,
     describe,
     environment_table,
@@ -205,3 +206,14 @@ def test_upstream_settings_are_documented_and_its_secrets_never_shown() -> None:
     assert "pacs-secret-1" not in repr(settings) and "pacs-token-2" not in repr(settings)
     with pytest.raises(ConfigError, match="FRAMECDN_UPSTREAM_URL"):
         Settings.from_env({"FRAMECDN_UPSTREAM_URL": "pacs.example/dicom-web"})
+
+
+def test_settings_are_their_sections_and_each_setting_is_in_one() -> None:
+    """A setting declared in two sections would silently become one field: refused here."""
+    declared = [name for section in SECTIONS for name in section.__dataclass_fields__
+                if name in vars(section).get("__annotations__", {})]
+    assert len(declared) == len(set(declared))
+    assert sorted(declared) == sorted(f.name for f in fields(Settings))
+    assert all(issubclass(Settings, section) for section in SECTIONS)
+    assert [f.name for f in fields(Settings)][:3] == ["s3_endpoint", "s3_public_endpoint",
+                                                      "bucket"]  # storage first

@@ -38,7 +38,7 @@ from botocore.exceptions import (
 )
 
 from framecdn.errors import ObjectMissing, StoreError
-from framecdn.framestore.config import Settings, redact_userinfo
+from framecdn.framestore.config import StorageSettings, redact_userinfo
 from framecdn.framestore.retention import CACHE, RETENTION_TAG, tagging
 
 T = TypeVar("T")
@@ -143,7 +143,9 @@ class Bucket:
         self.endpoint = redact_userinfo(str(shown))  # it is in every error line
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, max_connections: int | None = None) -> Bucket:
+    def from_settings(
+        cls, settings: StorageSettings, *, max_connections: int | None = None
+    ) -> Bucket:
         from framecdn.framestore.s3 import make_client
 
         client = make_client(settings, max_connections=max_connections)

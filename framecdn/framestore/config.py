@@ -1,6 +1,7 @@
 """All of framecdn's configuration, in one place.
 
-Every setting is one field of :class:`Settings`, declared with :func:`setting`::
+Every setting is one field of a section (:class:`StorageSettings`, :class:`OriginSettings`,
+... ; :class:`Settings` is all of them), declared with :func:`setting`::
 
     port: int = setting("FRAMECDN_PORT", 8080, "Origin port.", check=between(1, 65535))
 
@@ -190,11 +191,24 @@ MAX_AUTH_PRESIGN_WINDOW = 300
 # Settings ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Every setting of framecdn (storage, origin, ingest); see the module docstring."""
+class Section:
+    """A group of settings one kind of component uses: it takes its section, not the lot.
 
-    # Storage
+    :class:`Settings` is every section at once (it inherits them all), so a component
+    typed to take ``StorageSettings`` is handed the process's settings and can read
+    only that section's fields (mypy holds it to that). Its values are checked when
+    it is built.
+    """
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
+            _check_field(f, getattr(self, f.name), f.metadata["env"])
+
+
+@dataclass(frozen=True)
+class StorageSettings(Section):
+    """Where the bucket is and how framecdn reaches it (every command uses these)."""
+
     s3_endpoint: str | None = setting(
         "FRAMECDN_S3_ENDPOINT", None,
         "Internal S3 URL (`http(s)://host[:port]`); unset means AWS S3 in `AWS_REGION`.",
@@ -219,6 +233,12 @@ class Settings:
     aws_region: str = setting(
         "AWS_REGION", "us-east-1", "S3 region, also the signing region.", check=non_empty
     )
+    presign_window_seconds: int = setting(
+        "FRAMECDN_PRESIGN_WINDOW", 3600,
+        "Redirect and accel URLs are signed per window of this many seconds (stable within "
+        "one, valid for two).",
+        check=between(1, _MAX_PRESIGN_WINDOW),
+    )
     s3_max_connections: int = setting(
         "FRAMECDN_S3_MAX_CONNECTIONS", 64, "S3 connection pool size per process.",
         check=at_least(1),
@@ -237,7 +257,23 @@ class Settings:
         "FRAMECDN_S3_KEEPALIVE", 30.0, "Seconds an idle S3 connection stays in the pool.",
         check=positive,
     )
-    # Origin
+
+    @property
+    def internal_endpoint(self) -> str:
+        """The S3 URL the origin and ingest talk to (AWS S3 of the region when unset)."""
+        endpoint = self.s3_endpoint or f"https://s3.{self.aws_region}.amazonaws.com"
+        return endpoint.rstrip("/")
+
+    @property
+    def public_endpoint(self) -> str:
+        """The S3 URL clients reach (presigned redirects are signed for this host)."""
+        return (self.s3_public_endpoint or self.internal_endpoint).rstrip("/")
+
+
+@dataclass(frozen=True)
+class OriginSettings(Section):
+    """The origin's HTTP server and how it answers (``framecdn serve``)."""
+
     host: str = setting("FRAMECDN_HOST", "127.0.0.1", "Origin bind address.", check=non_empty)
     port: int = setting("FRAMECDN_PORT", 8080, "Origin port.", check=between(1, 65535))
     workers: int = setting("FRAMECDN_WORKERS", 1, "Origin worker processes.", check=at_least(1))
@@ -269,12 +305,6 @@ class Settings:
     max_frames_per_request: int = setting(
         "FRAMECDN_MAX_FRAMES_PER_REQUEST", 256, "Most frames one request may list.",
         check=at_least(1),
-    )
-    presign_window_seconds: int = setting(
-        "FRAMECDN_PRESIGN_WINDOW", 3600,
-        "Redirect and accel URLs are signed per window of this many seconds (stable within "
-        "one, valid for two).",
-        check=between(1, _MAX_PRESIGN_WINDOW),
     )
     accel_location: str = setting(
         "FRAMECDN_ACCEL_LOCATION", "/_framecdn_s3/", "nginx internal location for `accel`.",
@@ -351,7 +381,38 @@ class Settings:
     retry_after_seconds: int = setting(
         "FRAMECDN_RETRY_AFTER", 5, "Retry-After of 502/503/504 answers.", check=at_least(1)
     )
-    # Access control (docs/security.md)
+    max_header_bytes: int = setting(
+        "FRAMECDN_MAX_HEADER_BYTES", 65536,
+        "Most bytes of one request's line and headers together; more is answered 431.",
+        check=between(4096, 16 * 1024 * 1024),
+    )
+    max_headers: int = setting(
+        "FRAMECDN_MAX_HEADERS", 100,
+        "Most header fields in one request; more are answered 431.", check=between(8, 10000),
+    )
+    qido_cache_control: str = setting(
+        "FRAMECDN_QIDO_CACHE_CONTROL", "private, max-age=10",
+        "Cache-Control of QIDO-RS search answers (kept out of shared caches: they change as "
+        "studies arrive, and with access control they differ per user).",
+    )
+    qido_study_cache_seconds: float = setting(
+        "FRAMECDN_QIDO_STUDY_CACHE_SECONDS", 30.0,
+        "Seconds a study's search record (built from the bucket) is reused by searches "
+        "without an upstream.",
+        check=at_least(0),
+    )
+    qido_max_results: int = setting(
+        "FRAMECDN_QIDO_MAX_RESULTS", 1000,
+        "Most matches one search answers from the bucket (more are announced in a Warning "
+        "header).",
+        check=at_least(1),
+    )
+
+
+@dataclass(frozen=True)
+class AccessSettings(Section):
+    """Access control: credentials, sites, rate limits (docs/security.md)."""
+
     auth: bool = setting(
         "FRAMECDN_AUTH", False,
         "Check a credential (bearer JWT or API key) on every DICOMweb request; off serves "
@@ -459,33 +520,12 @@ class Settings:
         "FRAMECDN_RATE_BURST", 200, "Requests a caller may make at once above the rate.",
         check=at_least(1),
     )
-    max_header_bytes: int = setting(
-        "FRAMECDN_MAX_HEADER_BYTES", 65536,
-        "Most bytes of one request's line and headers together; more is answered 431.",
-        check=between(4096, 16 * 1024 * 1024),
-    )
-    max_headers: int = setting(
-        "FRAMECDN_MAX_HEADERS", 100,
-        "Most header fields in one request; more are answered 431.", check=between(8, 10000),
-    )
-    qido_cache_control: str = setting(
-        "FRAMECDN_QIDO_CACHE_CONTROL", "private, max-age=10",
-        "Cache-Control of QIDO-RS search answers (kept out of shared caches: they change as "
-        "studies arrive, and with access control they differ per user).",
-    )
-    qido_study_cache_seconds: float = setting(
-        "FRAMECDN_QIDO_STUDY_CACHE_SECONDS", 30.0,
-        "Seconds a study's search record (built from the bucket) is reused by searches "
-        "without an upstream.",
-        check=at_least(0),
-    )
-    qido_max_results: int = setting(
-        "FRAMECDN_QIDO_MAX_RESULTS", 1000,
-        "Most matches one search answers from the bucket (more are announced in a Warning "
-        "header).",
-        check=at_least(1),
-    )
-    # Upstream DICOMweb (the PACS behind framecdn)
+
+
+@dataclass(frozen=True)
+class UpstreamSettings(Section):
+    """The DICOMweb PACS behind the origin, for read-through and searches."""
+
     upstream_url: str | None = setting(
         "FRAMECDN_UPSTREAM_URL", None,
         "DICOMweb root of the PACS behind framecdn (e.g. `http://orthanc:8042/dicom-web`): "
@@ -527,7 +567,12 @@ class Settings:
         "FRAMECDN_UPSTREAM_MAX_CONNECTIONS", 32,
         "Upstream connection pool size per origin process.", check=at_least(1),
     )
-    # Read-through fill (framecdn fill)
+
+
+@dataclass(frozen=True)
+class FillSettings(Section):
+    """The read-through fill service (``framecdn fill``)."""
+
     fill_url: str | None = setting(
         "FRAMECDN_FILL_URL", None,
         "URL of the fill service (`framecdn fill`) the origin queues missing instances to; "
@@ -554,7 +599,12 @@ class Settings:
         "Scheduling niceness of the fill service (0-19): fills yield the CPU to the origin.",
         check=between(0, 19),
     )
-    # Rendering: thumbnails and rendered frames (needs the render extra)
+
+
+@dataclass(frozen=True)
+class RenderSettings(Section):
+    """Thumbnails and rendered frames (needs the render extra)."""
+
     render_workers: int = setting(
         "FRAMECDN_RENDER_WORKERS", 2,
         "Worker processes (per origin worker) that render thumbnails and rendered frames.",
@@ -583,7 +633,12 @@ class Settings:
         "Recently answered rendered images kept in memory (besides the copy in the bucket).",
         check=at_least(1),
     )
-    # Ingest
+
+
+@dataclass(frozen=True)
+class IngestSettings(Section):
+    """Splitting instances into the bucket (``framecdn ingest`` and every filler)."""
+
     ingest_workers: int = setting(
         "FRAMECDN_INGEST_WORKERS", 8, "Parallel uploads during ingest.", check=at_least(1)
     )
@@ -603,7 +658,12 @@ class Settings:
         "A deflated file may inflate to at most this many MB (spooled to disk).",
         check=at_least(1),
     )
-    # Orthanc follower
+
+
+@dataclass(frozen=True)
+class FollowSettings(Section):
+    """The Orthanc follower (``framecdn follow-orthanc``)."""
+
     orthanc_url: str | None = setting(
         "FRAMECDN_ORTHANC_URL", None,
         "Orthanc REST root the follower reads, e.g. `http://orthanc:8042`.", check=http_url,
@@ -675,21 +735,27 @@ class Settings:
         "URL's host and port.",
     )
 
+
+@dataclass(frozen=True)
+class Settings(
+    FollowSettings,
+    IngestSettings,
+    RenderSettings,
+    FillSettings,
+    UpstreamSettings,
+    AccessSettings,
+    OriginSettings,
+    StorageSettings,
+):
+    """Every setting of framecdn: all the sections (storage first), checked together.
+
+    The bases are listed last section first so that the fields (and the README table
+    generated from them) come storage first, in the order of :data:`SECTIONS`.
+    """
+
     def __post_init__(self) -> None:
-        for f in fields(self):
-            _check_field(f, getattr(self, f.name), f.metadata["env"])
+        super().__post_init__()
         _check_access_control(self)
-
-    @property
-    def internal_endpoint(self) -> str:
-        """The S3 URL the origin and ingest talk to (AWS S3 of the region when unset)."""
-        endpoint = self.s3_endpoint or f"https://s3.{self.aws_region}.amazonaws.com"
-        return endpoint.rstrip("/")
-
-    @property
-    def public_endpoint(self) -> str:
-        """The S3 URL clients reach (presigned redirects are signed for this host)."""
-        return (self.s3_public_endpoint or self.internal_endpoint).rstrip("/")
 
     def with_overrides(
         self, sources: Mapping[str, str] | None = None, **overrides: Any
@@ -719,6 +785,19 @@ class Settings:
                 continue
             values[f.name] = parse_value(raw, hints[f.name], variable)
         return cls(**values)
+
+
+#: The sections, in the order of the README's table.
+SECTIONS: tuple[type[Section], ...] = (
+    StorageSettings,
+    OriginSettings,
+    AccessSettings,
+    UpstreamSettings,
+    FillSettings,
+    RenderSettings,
+    IngestSettings,
+    FollowSettings,
+)
 
 
 def _check_field(f: Field[Any], value: Any, source: str) -> None:

@@ -16,11 +16,11 @@ import boto3
 from botocore.config import Config
 
 from framecdn.errors import ConfigError
-from framecdn.framestore.config import Settings
+from framecdn.framestore.config import StorageSettings
 from framecdn.framestore.sigv4 import MAX_EXPIRES, SigningKeys, presign
 
 
-def client_config(settings: Settings, *, max_connections: int | None = None) -> Config:
+def client_config(settings: StorageSettings, *, max_connections: int | None = None) -> Config:
     """botocore settings that work on AWS, MinIO and SeaweedFS alike."""
     return Config(
         s3={"addressing_style": "path" if settings.s3_endpoint else "auto"},
@@ -35,7 +35,7 @@ def client_config(settings: Settings, *, max_connections: int | None = None) -> 
     )
 
 
-def make_client(settings: Settings, *, max_connections: int | None = None) -> Any:
+def make_client(settings: StorageSettings, *, max_connections: int | None = None) -> Any:
     """A boto3 S3 client for the internal endpoint. Thread-safe; make one per process."""
     return boto3.session.Session().client(
         "s3",
@@ -47,7 +47,7 @@ def make_client(settings: Settings, *, max_connections: int | None = None) -> An
     )
 
 
-def resolve_credentials(settings: Settings) -> SigningKeys:
+def resolve_credentials(settings: StorageSettings) -> SigningKeys:
     """The keys requests are signed with (explicit, or boto3's default chain)."""
     if settings.aws_access_key_id and settings.aws_secret_access_key:
         return SigningKeys(settings.aws_access_key_id, settings.aws_secret_access_key)
@@ -86,18 +86,18 @@ class Presigner:
         self.expires = min(2 * window_seconds, MAX_EXPIRES)
 
     @classmethod
-    def public(cls, settings: Settings) -> Presigner:
+    def public(cls, settings: StorageSettings) -> Presigner:
         """A presigner for the endpoint clients reach (the public one when set)."""
         return cls.for_endpoint(settings, settings.public_endpoint)
 
     @classmethod
-    def internal(cls, settings: Settings, window_seconds: int | None = None) -> Presigner:
+    def internal(cls, settings: StorageSettings, window_seconds: int | None = None) -> Presigner:
         """A presigner for the endpoint the origin (or nginx beside it) reaches."""
         return cls.for_endpoint(settings, settings.internal_endpoint, window_seconds)
 
     @classmethod
     def for_endpoint(
-        cls, settings: Settings, endpoint: str, window_seconds: int | None = None
+        cls, settings: StorageSettings, endpoint: str, window_seconds: int | None = None
     ) -> Presigner:
         return cls(
             endpoint,

@@ -12,12 +12,12 @@ import base64
 from pathlib import Path
 
 from framecdn.errors import ConfigError
-from framecdn.framestore.config import Settings
+from framecdn.framestore.config import UpstreamSettings
 
 BEARER = "bearer "
 
 
-def upstream_authorization(settings: Settings) -> str | None:
+def upstream_authorization(settings: UpstreamSettings) -> str | None:
     """The header value (``Basic ...`` / ``Bearer ...``), or None without credentials."""
     if settings.upstream_credentials_file:
         return _from_file(Path(settings.upstream_credentials_file))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from framecdn.errors import ConfigError
-from framecdn.framestore.config import Settings
+from framecdn.framestore.config import FollowSettings
 from framecdn.ingest.orthanc import InstanceInfo, SeriesInfo
 
 
@@ -53,7 +53,7 @@ class Filters:
     min_frames: int = 1
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Filters:
+    def from_settings(cls, settings: FollowSettings) -> Filters:
         return cls(
             modalities=frozenset(m.upper() for m in settings.follow_modalities),
             sop_classes=frozenset(settings.follow_sop_classes),

@@ -17,9 +17,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from framecdn.cli import Subcommands, add_storage_flags, settings_from_args
 from framecdn.errors import ConfigError, FramecdnError
-from framecdn.framestore.config import Settings, redact_userinfo
+from framecdn.framestore.config import FOLLOW_TRIGGERS, Settings, redact_userinfo
 from framecdn.framestore.upstream_auth import read_credentials_file
-from framecdn.ingest.follower import TRIGGERS, Follower
+from framecdn.ingest.follower import Follower
 from framecdn.ingest.orthanc import OrthancClient, OrthancRefused, OrthancUnavailable
 
 log = logging.getLogger("framecdn.follow")
@@ -65,7 +65,7 @@ def register(subparsers: Subcommands) -> None:
     parser.add_argument(
         "--trigger",
         dest="follow_trigger",
-        choices=TRIGGERS,
+        choices=FOLLOW_TRIGGERS,
         help="NewInstance (default): each instance as it arrives; StableSeries: "
         "whole series once Orthanc considers them complete",
     )

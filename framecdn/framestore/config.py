@@ -43,6 +43,10 @@ T = TypeVar("T")
 Check = Callable[[Any], str | None]
 
 DELIVERY_MODES = ("stream", "redirect", "accel")
+#: Which changes start a follower's ingest. ``NewInstance`` takes each instance as soon as
+#: Orthanc has stored it; ``StableSeries`` waits until Orthanc considers the series complete
+#: (no new instance for its ``StableAge``) and then takes all its instances.
+FOLLOW_TRIGGERS = ("NewInstance", "StableSeries")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 #: Today's S3 rules are stricter (3-63, lower case), but older AWS buckets may hold
@@ -686,7 +690,7 @@ class FollowSettings(Section):
         "FRAMECDN_FOLLOW_TRIGGER", "NewInstance",
         "`NewInstance` (ingest each instance as it arrives) or `StableSeries` (whole series "
         "once Orthanc considers them complete).",
-        check=one_of("NewInstance", "StableSeries"),
+        check=one_of(*FOLLOW_TRIGGERS),
     )
     follow_concurrency: int = setting(
         "FRAMECDN_FOLLOW_CONCURRENCY", 2,

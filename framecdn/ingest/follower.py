@@ -1,7 +1,7 @@
 """Follow Orthanc's change feed into the bucket, resumably, with no coordinator.
 
 The follower reads ``/changes`` from its cursor, and for each new instance (or each
-stable series, see :data:`TRIGGERS`) decides from Orthanc's index alone whether it
+stable series, see ``FRAMECDN_FOLLOW_TRIGGER``) decides from Orthanc's index alone whether it
 wants it (its shard, the filters, already stored unchanged), then downloads the file
 to a temporary file on disk (bounded memory, checked against Orthanc's size and MD5)
 and ingests it with the same :class:`~framecdn.ingest.pipeline.Ingestor` as
@@ -27,7 +27,7 @@ from datetime import date
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
-from framecdn.errors import ConfigError, FramecdnError, StoreError
+from framecdn.errors import FramecdnError, StoreError
 from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex, InvalidIndex
@@ -53,10 +53,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Which changes start an ingest. ``NewInstance`` (default) takes each instance as soon
-#: as Orthanc has stored it; ``StableSeries`` waits until Orthanc considers the series
-#: complete (no new instance for its ``StableAge``) and then takes all its instances.
-TRIGGERS = ("NewInstance", "StableSeries")
 #: Seconds between two cursor writes while instances keep completing.
 CURSOR_SAVE_SECONDS = 1.0
 _SERIES_CACHE_SIZE = 4096
@@ -158,12 +154,6 @@ class Follower:
         """``bounded`` (one-shot runs, ``--once``): give up with :class:`GaveUp` after
         ``follow_max_attempts`` failures in a row of Orthanc or the store, instead of
         waiting for them forever as a long-running follower does."""
-        if settings.follow_trigger not in TRIGGERS:
-            raise ConfigError(
-                f"trigger {settings.follow_trigger!r} is not one of {', '.join(TRIGGERS)}"
-            )
-        if settings.follow_concurrency < 1 or settings.follow_max_attempts < 1:
-            raise ConfigError("follower concurrency and attempts must be at least 1")
         self.settings = settings
         self.orthanc = orthanc
         self.shard = Shard.parse(settings.follow_shard)

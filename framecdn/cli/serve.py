@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 
 import httpx
 
@@ -65,14 +65,17 @@ def register(subparsers: Subcommands) -> None:
     parser.set_defaults(handler=run)
 
 
-def export_settings(settings: Settings, environ: MutableMapping[str, str]) -> None:
-    """Write the flag-given settings into the environment the workers' factory reads.
+def export_settings(
+    settings: Settings, environ: MutableMapping[str, str], names: Sequence[str] = FLAG_SETTINGS
+) -> None:
+    """Write settings ``names`` (by default: what flags set) into the environment the
+    workers' factory reads, each under its declared variable.
 
     Only what flags can set is written: secrets come from the environment already
     (there is no flag for them) and are never copied around.
     """
     for variable, (name, _) in ENVIRONMENT.items():
-        if name not in FLAG_SETTINGS:
+        if name not in names:
             continue
         value = getattr(settings, name)
         if value is None:
@@ -129,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     # uvicorn shuts down on a signal, then re-raises it for us: a clean stop (a signal may
     # also come while the fill service starts).
     with contextlib.suppress(KeyboardInterrupt), fill_service(settings) as fill_url:
-        if fill_url:
-            os.environ["FRAMECDN_FILL_URL"] = fill_url
+        if fill_url:  # the child fill service's: for the workers, as if configured
+            settings = settings.with_overrides(fill_url=fill_url)
+            export_settings(settings, os.environ, names=("fill_url",))
         _serve(settings)
     return 0
 

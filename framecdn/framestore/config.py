@@ -173,16 +173,31 @@ def shard(value: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One clinic an origin serves: its name, and its key prefix below ``FRAMECDN_PREFIX``."""
+
+    name: str
+    subprefix: str
+
+    @classmethod
+    def parse(cls, entry: str) -> Site:
+        """``name`` or ``name=subprefix`` (the subprefix defaults to the name)."""
+        name, _, sub = (part.strip() for part in entry.partition("="))
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in (".", ".."):
+            raise ValueError(f"has a site name that is not letters, digits, '.', '_', '-': "
+                             f"{entry!r}")
+        if sub and not re.fullmatch(r"[A-Za-z0-9._\-/]+", sub):
+            raise ValueError(f"has a site prefix that is not key-safe: {entry!r}")
+        return cls(name, sub or name)
+
+
 def site_list(values: tuple[str, ...]) -> str | None:
     """``name`` or ``name=subprefix`` entries with distinct, key-safe names."""
-    names = []
-    for entry in values:
-        name, _, sub = entry.partition("=")
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", name.strip()) or name.strip() in (".", ".."):
-            return f"has a site name that is not letters, digits, '.', '_', '-': {entry!r}"
-        if sub and not re.fullmatch(r"[A-Za-z0-9._\-/]+", sub.strip()):
-            return f"has a site prefix that is not key-safe: {entry!r}"
-        names.append(name.strip())
+    try:
+        names = [Site.parse(entry).name for entry in values]
+    except ValueError as exc:
+        return str(exc)
     if len(set(names)) != len(names):
         return "names a site twice"
     return None
@@ -525,6 +540,11 @@ class AccessSettings(Section):
         check=at_least(1),
     )
 
+    @property
+    def sites(self) -> tuple[Site, ...]:
+        """``FRAMECDN_AUTH_SITES`` as values (checked when the settings were built)."""
+        return tuple(Site.parse(entry) for entry in self.auth_sites)
+
 
 @dataclass(frozen=True)
 class UpstreamSettings(Section):
@@ -842,7 +862,7 @@ def _check_access_control(settings: Settings) -> None:
             f"FRAMECDN_AUTH=on and redirects: a redirect URL opens its frame to whoever holds "
             f"it for two windows; at most {MAX_AUTH_PRESIGN_WINDOW}"
         )
-    sites = {entry.partition("=")[0].strip() for entry in settings.auth_sites}
+    sites = {site.name for site in settings.sites}
     if settings.auth_upstream_site is not None and settings.auth_upstream_site not in sites:
         raise ConfigError(
             f"FRAMECDN_AUTH_UPSTREAM_SITE={settings.auth_upstream_site!r} is not one of "

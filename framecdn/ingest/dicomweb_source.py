@@ -16,7 +16,7 @@ from typing import BinaryIO, Self
 
 import httpx
 
-from framecdn.errors import ConfigError, FramecdnError
+from framecdn.errors import Cancelled, ConfigError, SourceError
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import InstanceKey
 from framecdn.framestore.upstream_auth import upstream_authorization
@@ -26,20 +26,12 @@ DOWNLOAD_CHUNK = 1 << 20
 MAX_PART_HEADERS = 64 * 1024
 
 
-class SourceError(FramecdnError):
-    """The upstream could not deliver the instance (try again later)."""
-
-
 class InstanceGone(SourceError):
     """The upstream does not have the instance (404)."""
 
 
 class IncompleteInstance(SourceError):
     """The answer ended (or broke) before the whole file arrived."""
-
-
-class DownloadCancelled(SourceError):
-    """The caller asked to stop."""
 
 
 def _boundary(content_type: str) -> str | None:
@@ -189,7 +181,7 @@ class DicomwebSource:
                 part = FirstPart(boundary, into) if boundary else None
                 for chunk in response.iter_raw(DOWNLOAD_CHUNK):
                     if cancelled is not None and cancelled.is_set():
-                        raise DownloadCancelled(what)
+                        raise Cancelled(f"download of {what} stopped")
                     received += len(chunk)
                     if part is not None:
                         part.feed(chunk)

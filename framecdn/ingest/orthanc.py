@@ -22,14 +22,14 @@ from typing import Any, BinaryIO, Self
 
 import httpx
 
-from framecdn.errors import FramecdnError
+from framecdn.errors import Cancelled, SourceError
 
 DOWNLOAD_CHUNK = 1 << 20
 #: Orthanc answers at most this many changes per request.
 MAX_CHANGES_PER_PAGE = 100
 
 
-class OrthancError(FramecdnError):
+class OrthancError(SourceError):
     """Orthanc could not give what was asked."""
 
 
@@ -55,10 +55,6 @@ class IncompleteDownload(OrthancError):
 
 class CorruptDownload(OrthancError):
     """A complete answer whose bytes do not match the size or MD5 Orthanc recorded."""
-
-
-class DownloadCancelled(Exception):
-    """The caller asked to stop while a file was being downloaded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +320,7 @@ class OrthancClient:
                 announced = response.headers.get("Content-Length")
                 for chunk in response.iter_raw(chunk_size):
                     if cancelled is not None and cancelled.is_set():
-                        raise DownloadCancelled(path)
+                        raise Cancelled(f"download of {path} stopped")
                     into.write(chunk)
                     md5.update(chunk)
                     received += len(chunk)

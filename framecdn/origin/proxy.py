@@ -96,7 +96,7 @@ class UpstreamProxy:
         self.count(route, exc.kind)
         reason = "upstream timeout" if isinstance(exc, UpstreamTimeout) else "upstream unavailable"
         return server_error_response(
-            request, exc.status_code, reason, str(exc),
+            request, exc.status, reason, str(exc),
             retry_after=self.origin.settings.retry_after_seconds,
         )
 

@@ -25,9 +25,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from framecdn.embedded_s3 import EmbeddedS3
 from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import Settings
+from framecdn.framestore.fill_protocol import FillRequest, InvalidFillRequest
 from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.ingest.dicomweb_source import FirstPart, IncompleteInstance
-from framecdn.ingest.fill_service import parse_request
 from framecdn.origin.scope import SCOPE_KEY, ReadScope
 from tests.origin_fixtures import free_port, run_origin
 from tests.orthanc_fixtures import RelayProxy
@@ -216,14 +216,21 @@ def test_a_part_longer_than_it_says_is_refused() -> None:
 
 
 def test_fill_requests_are_checked() -> None:
-    prefix, keys = parse_request(json.dumps({"instances": [["1.2", "3.4", "5.6"]]}).encode())
-    assert (prefix, keys) == (None, [InstanceKey("1.2", "3.4", "5.6")])
-    named = parse_request(b'{"prefix": "site-a/", "instances": []}')
-    assert named == ("site-a/", [])
+    request = FillRequest.from_json(json.dumps({"instances": [["1.2", "3.4", "5.6"]]}).encode())
+    assert request == FillRequest((InstanceKey("1.2", "3.4", "5.6"),), None)
+    named = FillRequest.from_json(b'{"prefix": "site-a/", "instances": []}')
+    assert named == FillRequest((), "site-a/")
     for bad in (b"[]", b'{"instances": "1.2"}', b'{"instances": [["1.2"]]}', b"not json",
                 b'{"instances": [["1.2", "3.4", "../x"]]}', b'{"prefix": 3, "instances": []}'):
-        with pytest.raises(ValueError, match=r"instances|UID|prefix"):
-            parse_request(bad)
+        with pytest.raises(InvalidFillRequest, match=r"instances|UID|prefix") as caught:
+            FillRequest.from_json(bad)
+        assert caught.value.status == 400
+
+
+@pytest.mark.parametrize("prefix", [None, "site-a/"])
+def test_what_the_origin_sends_is_what_the_service_reads(prefix: str | None) -> None:
+    sent = FillRequest((InstanceKey("1.2", "3.4", "5.6"), InstanceKey("1.2", "3.4", "7")), prefix)
+    assert FillRequest.from_json(json.dumps(sent.to_json()).encode()) == sent
 
 
 # framecdn serve with an upstream ---------------------------------------------------------

@@ -1,33 +1,29 @@
 """``framecdn verify [STUDY | --all]``: the bucket checked against its indexes, and repaired.
 
 The checking and repairing live in :mod:`framecdn.maintenance.verify`, which never
-imports ingest. What needs ingest is wired here, the one place that sees both: the true
-frames of an instance, from its source file (``--source``) or from the upstream PACS
-(``FRAMECDN_UPSTREAM_URL``), split by the ingest splitter; and ``--repair``'s re-ingest.
+imports ingest; the true frames of an instance (from its source file, ``--source``, or
+from the upstream PACS, ``FRAMECDN_UPSTREAM_URL``) in :mod:`framecdn.ingest.references`.
+They are wired here, the one place that sees both, with ``--repair``'s re-ingest.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib
 import os
-import sys
 import tempfile
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from framecdn.cli import Subcommands, add_storage_flags, settings_from_args
 from framecdn.cli.units import count, human_bytes
-from framecdn.errors import FramecdnError, UsageError
+from framecdn.errors import UsageError
 from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import Settings
-from framecdn.framestore.index import FrameEntry
 from framecdn.framestore.keys import InstanceKey, InvalidUID, KeyLayout, validate_uid
-from framecdn.ingest.pipeline import Ingestor, iter_sources
-from framecdn.ingest.splitter import InflateLimits, InvalidInstance, open_instance
+from framecdn.ingest.dicomweb_source import DicomwebSource
+from framecdn.ingest.pipeline import Ingestor
+from framecdn.ingest.references import SourceFiles, SourceInstances
+from framecdn.ingest.splitter import InflateLimits
 from framecdn.maintenance.verify import (
     NoSource,
     Reingest,
@@ -50,7 +46,6 @@ LABELS = {
     "old-generation": "OLD",
     "unreadable": "UNREADABLE",
 }
-_CHUNK = 8 << 20
 
 
 def register(subparsers: Subcommands) -> None:
@@ -129,96 +124,10 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-# The true frames ------------------------------------------------------------------------
-
-
-def file_frames(path: Path, limits: InflateLimits) -> tuple[InstanceKey, list[FrameEntry]]:
-    """An instance file's key and each frame's size and SHA-256 (read in chunks)."""
-    with open_instance(path, limits=limits) as split:
-        ds = split.dataset
-        key = InstanceKey(
-            str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
-        )
-        frames = []
-        for reader in split.frame_readers():
-            digest = hashlib.sha256()
-            for chunk in reader.chunks(_CHUNK):
-                digest.update(chunk)
-            frames.append(FrameEntry(reader.size, digest.hexdigest()))
-    return key, frames
-
-
-class SourceFiles:
-    """The instances in the files named (directories searched): what they truly hold."""
-
-    def __init__(self, paths: list[str], limits: InflateLimits) -> None:
-        self.limits = limits
-        self._paths = [p for p in iter_sources(paths) if p.is_file()]
-        self._where: dict[InstanceKey, Path] | None = None
-
-    def path_of(self, key: InstanceKey) -> Path | None:
-        if self._where is None:
-            self._where = dict(self._scan())
-        return self._where.get(key)
-
-    def _scan(self) -> Iterator[tuple[InstanceKey, Path]]:
-        for path in self._paths:
-            try:
-                with open_instance(path, limits=self.limits) as split:
-                    ds = split.dataset
-                    key = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-                yield InstanceKey(*(str(uid) for uid in key)), path
-            except (InvalidInstance, InvalidUID, OSError, FramecdnError) as exc:
-                print(f"framecdn verify: {path}: not a source ({exc})", file=sys.stderr)
-
-    def frames(self, key: InstanceKey) -> list[FrameEntry] | None:
-        path = self.path_of(key)
-        return None if path is None else file_frames(path, self.limits)[1]
-
-
-class UpstreamInstances:
-    """The instances as the upstream PACS holds them (``FRAMECDN_UPSTREAM_URL``).
-
-    Each is downloaded (WADO-RS, the stored Part 10 file) to a temporary file and split
-    like a source file. The download client is the upstream fill's
-    (``framecdn.ingest.dicomweb_source``, issue #9); a build without it says so.
-    """
-
-    def __init__(self, settings: Settings, spool: Path, limits: InflateLimits) -> None:
-        try:
-            module: Any = importlib.import_module("framecdn.ingest.dicomweb_source")
-        except ModuleNotFoundError:
-            raise UsageError(
-                "comparing with FRAMECDN_UPSTREAM_URL needs the upstream client, not in this "
-                "build: give --source instead"
-            ) from None
-        self._source = module.DicomwebSource(settings)
-        self._gone: type[Exception] = module.InstanceGone
-        self.spool = spool
-        self.limits = limits
-        self._files: dict[InstanceKey, Path | None] = {}
-
-    def path_of(self, key: InstanceKey) -> Path | None:
-        if key not in self._files:
-            path = self.spool / f"{key.instance}.dcm"
-            try:
-                with open(path, "wb") as out:
-                    self._source.download(key, out)
-            except self._gone:
-                path.unlink(missing_ok=True)
-                self._files[key] = None
-            else:
-                self._files[key] = path
-        return self._files[key]
-
-    def frames(self, key: InstanceKey) -> list[FrameEntry] | None:
-        path = self.path_of(key)
-        return None if path is None else file_frames(path, self.limits)[1]
-
-
 def _reference(
     args: argparse.Namespace, settings: Settings, spool: Path
-) -> SourceFiles | UpstreamInstances | None:
+) -> SourceFiles | SourceInstances | None:
+    """What the bucket is compared with: ``--source`` files, else the upstream, else none."""
     limits = InflateLimits(
         max_ratio=settings.ingest_max_inflate_ratio,
         max_bytes=settings.ingest_max_inflated_mb * 1024 * 1024,
@@ -229,11 +138,11 @@ def _reference(
             raise UsageError(f"--source {missing[0]}: no such file or directory")
         return SourceFiles(args.source, limits)
     if settings.upstream_url:
-        return UpstreamInstances(settings, spool, limits)
+        return SourceInstances(DicomwebSource(settings), spool, limits)
     return None
 
 
-def _reingest(reference: SourceFiles | UpstreamInstances, ingestor: Ingestor) -> Reingest:
+def _reingest(reference: SourceFiles | SourceInstances, ingestor: Ingestor) -> Reingest:
     """``--repair``'s re-ingest from the reference's file of an instance."""
 
     def reingest(key: InstanceKey) -> str | None:

@@ -18,6 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from framecdn.errors import FramecdnError
 from framecdn.framestore.keys import InstanceKey, InvalidGeneration, validate_generation
 
 SCHEMA_VERSION = 2
@@ -25,7 +26,7 @@ SCHEMA_VERSION = 2
 READABLE_SCHEMAS = frozenset({1, 2})
 
 
-class InvalidIndex(ValueError):
+class InvalidIndex(FramecdnError, ValueError):
     """An index.json that does not follow this schema."""
 
 

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from framecdn.errors import ConfigError, UsageError
+from framecdn.errors import ConfigError, FramecdnError, UsageError
 
 #: Patterns are matched whole (``fullmatch``): ``$`` would let a trailing newline through.
 _LENIENT_UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -41,7 +41,7 @@ class InvalidPrefix(ConfigError, ValueError):
     """A key prefix framecdn refuses (it could reach outside its own tree)."""
 
 
-class InvalidGeneration(ValueError):
+class InvalidGeneration(FramecdnError, ValueError):
     """A generation name that must not become part of an object key."""
 
 

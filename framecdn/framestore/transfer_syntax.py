@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pydicom import uid
 
+from framecdn.errors import FramecdnError
+
 IMPLICIT_VR_LITTLE_ENDIAN = str(uid.ImplicitVRLittleEndian)
 EXPLICIT_VR_LITTLE_ENDIAN = str(uid.ExplicitVRLittleEndian)
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = str(uid.DeflatedExplicitVRLittleEndian)
@@ -70,7 +72,7 @@ MEDIA_TYPE_SYNTAXES: dict[str, frozenset[str]] = {
 MEDIA_TYPE_SYNTAXES[NATIVE_MEDIA_TYPE] |= {EXPLICIT_VR_LITTLE_ENDIAN}
 
 
-class UnsupportedTransferSyntax(ValueError):
+class UnsupportedTransferSyntax(FramecdnError):
     """The instance's transfer syntax has no frame representation framecdn serves."""
 
 

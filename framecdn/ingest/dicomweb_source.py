@@ -16,30 +16,17 @@ from typing import BinaryIO, Self
 
 import httpx
 
-from framecdn.errors import ConfigError, FramecdnError
+from framecdn.errors import Cancelled, ConfigError, SourceError
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import InstanceKey
 from framecdn.framestore.upstream_auth import upstream_authorization
+from framecdn.ingest.sources import IncompleteInstance, InstanceGone, describe
+
+__all__ = ["DicomwebSource", "FirstPart", "IncompleteInstance", "InstanceGone"]
 
 ACCEPT_PART10 = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 DOWNLOAD_CHUNK = 1 << 20
 MAX_PART_HEADERS = 64 * 1024
-
-
-class SourceError(FramecdnError):
-    """The upstream could not deliver the instance (try again later)."""
-
-
-class InstanceGone(SourceError):
-    """The upstream does not have the instance (404)."""
-
-
-class IncompleteInstance(SourceError):
-    """The answer ended (or broke) before the whole file arrived."""
-
-
-class DownloadCancelled(SourceError):
-    """The caller asked to stop."""
 
 
 def _boundary(content_type: str) -> str | None:
@@ -140,7 +127,8 @@ class FirstPart:
 
 
 class DicomwebSource:
-    """The upstream's WADO-RS, for downloading whole instances. Thread-safe."""
+    """The upstream's WADO-RS, for downloading whole instances: a
+    :class:`~framecdn.ingest.sources.Source`. Thread-safe."""
 
     def __init__(self, settings: Settings, *, max_connections: int = 8) -> None:
         if not settings.upstream_url:
@@ -189,7 +177,7 @@ class DicomwebSource:
                 part = FirstPart(boundary, into) if boundary else None
                 for chunk in response.iter_raw(DOWNLOAD_CHUNK):
                     if cancelled is not None and cancelled.is_set():
-                        raise DownloadCancelled(what)
+                        raise Cancelled(f"download of {what} stopped")
                     received += len(chunk)
                     if part is not None:
                         part.feed(chunk)
@@ -197,7 +185,7 @@ class DicomwebSource:
                         into.write(chunk)
         except httpx.HTTPError as exc:
             raise IncompleteInstance(
-                f"{what}: the upstream {_describe(exc)} after {received} bytes"
+                f"{what}: the upstream {describe(exc)} after {received} bytes"
             ) from exc
         if part is None:
             if not content_type.lower().startswith("application/dicom"):
@@ -206,14 +194,3 @@ class DicomwebSource:
         if not part.complete:
             raise IncompleteInstance(f"{what}: the answer ended inside the file")
         return part.written
-
-
-def _describe(exc: httpx.HTTPError) -> str:
-    """A short phrase without the URL's credentials."""
-    if isinstance(exc, httpx.ConnectError):
-        return "is unreachable"
-    if isinstance(exc, httpx.TimeoutException):
-        return "did not answer in time"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "closed the connection mid-answer"
-    return f"failed ({type(exc).__name__})"

@@ -34,6 +34,7 @@ from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import InstanceKey, InvalidPrefix, normalize_prefix
 from framecdn.ingest.dicomweb_source import DicomwebSource
 from framecdn.ingest.pipeline import Ingestor
+from framecdn.ingest.sources import Source
 
 log = logging.getLogger("framecdn.fill")
 
@@ -80,12 +81,17 @@ class FillMetrics:
 class Filler:
     """Fills instances from the upstream, each at most once at a time, a few at once."""
 
-    def __init__(self, settings: Settings, *, source: DicomwebSource | None = None) -> None:
+    def __init__(self, settings: Settings, *, source: Source | None = None) -> None:
+        """``source``: where instances come from (default: the upstream's WADO-RS, which
+        the filler then also closes)."""
         self.settings = settings
         self.prefix = normalize_prefix(settings.prefix)
-        self.source = source or DicomwebSource(
-            settings, max_connections=settings.fill_concurrency + 2
-        )
+        self._own_source = None
+        if source is None:
+            source = self._own_source = DicomwebSource(
+                settings, max_connections=settings.fill_concurrency + 2
+            )
+        self.source: Source = source
         self.metrics = FillMetrics()
         self._pool = ThreadPoolExecutor(settings.fill_concurrency, thread_name_prefix="fill")
         #: One Ingestor per key prefix filled into (the service's own, or a site below it).
@@ -100,7 +106,8 @@ class Filler:
         """Stop: queued fills are dropped, running ones abort their download."""
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self.source.close()
+        if self._own_source is not None:
+            self._own_source.close()
         for ingestor in self._ingestors.values():
             ingestor.close()
 

@@ -4,6 +4,7 @@ A small threaded HTTP server (standard library; it takes a few requests a second
 private network or loopback, and answers at once):
 
 * ``POST /fills`` with ``{"instances": [[study, series, sop], ...], "prefix": "..."}``
+  (the fill protocol, :mod:`framecdn.framestore.fill_protocol`, shared with the origin)
   queues them (under ``prefix``, which must be the service's own ``FRAMECDN_PREFIX`` or
   below it; absent: its own) and answers ``202 {"queued": n, "duplicates": n, "refused":
   n}``;
@@ -22,18 +23,21 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from framecdn.framestore.keys import InstanceKey, InvalidUID
+from framecdn.errors import Refusal
+from framecdn.framestore.fill_protocol import (
+    ACCEPTED,
+    FILLS_PATH,
+    MAX_REQUEST_BYTES,
+    FillRequest,
+)
 from framecdn.ingest.fill import Filler
 
 log = logging.getLogger("framecdn.fill")
-
-MAX_REQUEST_BYTES = 1 << 20
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -60,13 +64,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"status": "ok"})
         elif self.path == "/metrics":
             self._send(200, generate_latest(filler.metrics.registry), CONTENT_TYPE_LATEST)
-        elif self.path == "/fills":
+        elif self.path == FILLS_PATH:
             self._json(200, filler.status())
         else:
             self._json(404, {"status": 404, "error": "not found"})
 
     def do_POST(self) -> None:
-        if self.path != "/fills":
+        if self.path != FILLS_PATH:
             self._json(404, {"status": 404, "error": "not found"})
             return
         try:
@@ -79,34 +83,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(413, {"status": 413, "error": f"body must be 1..{MAX_REQUEST_BYTES} bytes"})
             return
         try:
-            prefix, keys = parse_request(self.rfile.read(length))
-            done = self.server.filler.submit(keys, prefix)
-        except ValueError as exc:
-            self._json(400, {"status": 400, "error": str(exc)})
+            request = FillRequest.from_json(self.rfile.read(length))
+            done = self.server.filler.submit(list(request.instances), request.prefix)
+        except Refusal as exc:  # InvalidFillRequest, or a prefix the filler refuses
+            self._json(exc.status, {"status": exc.status, "error": str(exc)})
             return
-        self._json(HTTPStatus.ACCEPTED, {
+        self._json(ACCEPTED, {
             "queued": done.queued, "duplicates": done.duplicates, "refused": done.refused,
         })
-
-
-def parse_request(body: bytes) -> tuple[str | None, list[InstanceKey]]:
-    """The prefix and instances a ``POST /fills`` body names; ValueError saying what is
-    wrong."""
-    try:
-        data = json.loads(body)
-        entries = data["instances"]
-        prefix = data.get("prefix")
-        if not isinstance(entries, list):
-            raise TypeError("instances is not a list")
-        if prefix is not None and not isinstance(prefix, str):
-            raise TypeError("prefix is not a string")
-        return prefix, [InstanceKey(*map(str, entry)) for entry in entries]
-    except InvalidUID as exc:
-        raise ValueError(str(exc)) from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(
-            f'expected {{"instances": [[study, series, sop], ...]}} ({exc})'
-        ) from None
 
 
 class FillServer(ThreadingHTTPServer):

@@ -27,7 +27,7 @@ from datetime import date
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
-from framecdn.errors import FramecdnError, StoreError
+from framecdn.errors import Cancelled, FramecdnError, StoreError
 from framecdn.framestore.bucket import Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex, InvalidIndex
@@ -37,7 +37,6 @@ from framecdn.ingest.follow_selection import Filters, Shard
 from framecdn.ingest.orthanc import (
     MAX_CHANGES_PER_PAGE,
     CorruptDownload,
-    DownloadCancelled,
     IncompleteDownload,
     InstanceInfo,
     OrthancClient,
@@ -116,11 +115,7 @@ _LOG_LEVELS: dict[str, int] = {
 # -- the follower ------------------------------------------------------------------------
 
 
-class Stopped(Exception):
-    """The follower was asked to stop while waiting or downloading."""
-
-
-class IngestFailed(Exception):
+class IngestFailed(FramecdnError):
     """The pipeline reported a failure for a completely downloaded instance."""
 
 
@@ -313,7 +308,7 @@ class Follower:
             self._report("deleted", series_id, "series deleted from Orthanc before it was read")
             self._position.close(seq)
             return
-        except (Stopped, GaveUp):
+        except (Cancelled, GaveUp):
             return  # a bounded run's GaveUp is raised by run()
         for info in instances:
             if self._stop.is_set() or self._pool is None:
@@ -380,7 +375,7 @@ class Follower:
                         if self._stop.is_set():
                             break
                         pool.submit(one, instance_id)
-                except Stopped:
+                except Cancelled:
                     pass
         finally:
             bar.close()
@@ -426,7 +421,7 @@ class Follower:
                 self.stats.add("failed")
                 self._report("failed", job.instance_id, f"{exc}: passed over")
                 return True
-            except (DownloadCancelled, Stopped):
+            except Cancelled:
                 return False
             except (OrthancUnavailable, IncompleteDownload, StoreError) as exc:
                 reason = str(exc)  # Orthanc, the network or the store: wait for them
@@ -550,7 +545,7 @@ class Follower:
         return min(first * 2.0 ** max(0, attempt - 1), self.settings.follow_retry_max_seconds)
 
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
-        """``call()`` until Orthanc answers; ResourceGone passes through; Stopped on stop."""
+        """``call()`` until Orthanc answers; ResourceGone passes through; Cancelled on stop."""
         attempt = 0
         while not self._stop.is_set():
             attempt += 1
@@ -566,7 +561,7 @@ class Follower:
                 self._stop.wait(delay)
         if self._gave_up is not None:
             raise self._gave_up
-        raise Stopped()
+        raise Cancelled("the follower was asked to stop")
 
     def _report(self, kind: EventKind, instance_id: str, detail: str) -> None:
         where = f"Orthanc instance {instance_id}: " if instance_id else ""

@@ -8,7 +8,7 @@ from framecdn.errors import FramecdnError
 MAX_REASON = 400
 
 
-class InvalidInstance(FramecdnError):
+class InvalidInstance(FramecdnError, ValueError):
     """One-line reason why a file cannot be ingested (``str(exc)`` is shown to the user).
 
     Reasons quote bytes of the file (a UID, a value); control characters in them are

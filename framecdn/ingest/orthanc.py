@@ -22,14 +22,16 @@ from typing import Any, BinaryIO, Self
 
 import httpx
 
-from framecdn.errors import FramecdnError
+from framecdn.errors import Cancelled, SourceError
+from framecdn.framestore.keys import InstanceKey
+from framecdn.ingest.sources import IncompleteInstance, InstanceGone, describe
 
 DOWNLOAD_CHUNK = 1 << 20
 #: Orthanc answers at most this many changes per request.
 MAX_CHANGES_PER_PAGE = 100
 
 
-class OrthancError(FramecdnError):
+class OrthancError(SourceError):
     """Orthanc could not give what was asked."""
 
 
@@ -45,20 +47,16 @@ class NotOrthanc(OrthancError):
     """The server's answers are not Orthanc's (an HTML page, an S3 endpoint's XML, ...)."""
 
 
-class ResourceGone(OrthancError):
+class ResourceGone(OrthancError, InstanceGone):
     """Orthanc answered 404: the resource was deleted (or never existed)."""
 
 
-class IncompleteDownload(OrthancError):
+class IncompleteDownload(OrthancError, IncompleteInstance):
     """The file's answer ended before all its bytes arrived (connection cut, short body)."""
 
 
 class CorruptDownload(OrthancError):
     """A complete answer whose bytes do not match the size or MD5 Orthanc recorded."""
-
-
-class DownloadCancelled(Exception):
-    """The caller asked to stop while a file was being downloaded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,12 +177,20 @@ class OrthancClient:
         )
 
     def _request(
-        self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        content: str | None = None,
     ) -> httpx.Response:
         try:
-            response = self._http.request(method, path, params=params, json=json)
+            response = self._http.request(
+                method, path, params=params, json=json, content=content
+            )
         except httpx.HTTPError as exc:
-            raise OrthancUnavailable(f"Orthanc at {self.url} {_describe(exc)} ({path})") from exc
+            raise OrthancUnavailable(f"Orthanc at {self.url} {describe(exc)} ({path})") from exc
         self._check(response, path)
         return response
 
@@ -292,6 +298,15 @@ class OrthancClient:
         page = self._get_json("/instances", {"since": offset, "limit": limit})
         return [str(identifier) for identifier in page]
 
+    def lookup_instance(self, sop_instance_uid: str) -> str | None:
+        """Orthanc's id of the instance with this SOP Instance UID, or None."""
+        path = "/tools/lookup"
+        found = self._json(self._request("POST", path, content=sop_instance_uid), path)
+        for entry in found if isinstance(found, list) else []:
+            if isinstance(entry, dict) and entry.get("Type") == "Instance":
+                return str(entry["ID"])
+        return None
+
     def find_instances(self, query: dict[str, str]) -> list[str]:
         """Instances matching a ``/tools/find`` query (tags of any level, e.g. StudyDate)."""
         body = {"Level": "Instance", "Query": query, "Expand": False}
@@ -324,13 +339,13 @@ class OrthancClient:
                 announced = response.headers.get("Content-Length")
                 for chunk in response.iter_raw(chunk_size):
                     if cancelled is not None and cancelled.is_set():
-                        raise DownloadCancelled(path)
+                        raise Cancelled(f"download of {path} stopped")
                     into.write(chunk)
                     md5.update(chunk)
                     received += len(chunk)
         except httpx.HTTPError as exc:
             raise IncompleteDownload(
-                f"Orthanc at {self.url}: {path} {_describe(exc)} after {received} bytes"
+                f"Orthanc at {self.url}: {path} {describe(exc)} after {received} bytes"
             ) from exc
         if announced is not None and received != int(announced):
             raise IncompleteDownload(
@@ -349,17 +364,24 @@ class OrthancClient:
         return received
 
 
-def _describe(exc: httpx.HTTPError) -> str:
-    """A short phrase for a transport error, without the URL (which may carry credentials)."""
-    if isinstance(exc, httpx.ConnectError):
-        return "is unreachable (connection refused or no route)"
-    if isinstance(exc, httpx.TimeoutException):
-        return "did not answer in time"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "closed the connection mid-answer"
-    if isinstance(exc, httpx.ReadError | httpx.WriteError):
-        return "broke the connection"
-    return f"failed ({type(exc).__name__})"
+class OrthancSource:
+    """An Orthanc as a :class:`~framecdn.ingest.sources.Source`: instances by their UIDs.
+
+    The SOP Instance UID is looked up (``/tools/lookup``), then the file is downloaded
+    and checked against the size and MD5 Orthanc recorded, as the follower does.
+    """
+
+    def __init__(self, client: OrthancClient) -> None:
+        self.client = client
+
+    def download(
+        self, key: InstanceKey, into: BinaryIO, *, cancelled: threading.Event | None = None
+    ) -> int:
+        instance_id = self.client.lookup_instance(key.instance)
+        if instance_id is None:
+            raise ResourceGone(f"Orthanc at {self.client.url} has no instance {key.instance}")
+        expected = self.client.stored_file(instance_id)
+        return self.client.download(instance_id, into, expected=expected, cancelled=cancelled)
 
 
 def _looks_like_orthanc(response: httpx.Response) -> bool:

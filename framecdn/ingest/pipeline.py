@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from framecdn.errors import FramecdnError, StoreError
+from framecdn.errors import Cancelled, FramecdnError, StoreError
 from framecdn.framestore.bucket import MAX_PARTS, MIN_PART_BYTES, Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import FrameEntry, InstanceIndex, InvalidIndex, SourceInfo
@@ -92,10 +92,6 @@ class IngestReport:
 
 class IngestError(FramecdnError):
     """An instance could not be stored (the message is one line, for the user)."""
-
-
-class IngestCancelled(BaseException):
-    """Raised inside a worker when the run is interrupted, so the instance is cleaned up."""
 
 
 def source_fingerprint(path: Path) -> str:
@@ -194,6 +190,8 @@ class Ingestor:
         started = time.monotonic()
         try:
             index, skipped = self._ingest(source, label, on_frame)
+        except Cancelled:
+            raise  # the run was interrupted: the instance is not "failed"
         except (InvalidInstance, InvalidUID, FramecdnError) as exc:
             return IngestResult(label, "failed", reason=str(exc), seconds=_since(started))
         except OSError as exc:
@@ -301,7 +299,7 @@ class Ingestor:
             ingest_id=generation,
         )
         if self._cancelled.is_set():  # interrupted after the last frame was read: no commit
-            raise IngestCancelled()
+            raise Cancelled("ingest interrupted")
         # The commit marker, in one PUT: only now is this generation the one served.
         self._put(self.layout.index(key), index.to_json(), "application/json")
         return index
@@ -319,7 +317,7 @@ class Ingestor:
         try:
             for reader in split.frame_readers():
                 if self._cancelled.is_set():
-                    raise IngestCancelled()
+                    raise Cancelled("ingest interrupted")
                 if failed.is_set():
                     break
                 object_key = self.layout.frame(key, reader.number, generation=generation)
@@ -372,7 +370,7 @@ class Ingestor:
             number = 0
             while remaining > 0:
                 if self._cancelled.is_set():
-                    raise IngestCancelled()
+                    raise Cancelled("ingest interrupted")
                 if failed.is_set():
                     break
                 size = min(part_size, remaining)
@@ -575,7 +573,7 @@ def ingest_paths(
     def one_or_cancelled(path: Path) -> IngestResult | None:
         try:
             return one(path)
-        except IngestCancelled:
+        except Cancelled:
             return None
 
     with Ingestor(settings, force=force) as ingestor, ThreadPoolExecutor(file_workers) as files:

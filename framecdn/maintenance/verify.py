@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
-from framecdn.errors import ObjectMissing, StoreError
+from framecdn.errors import FramecdnError, ObjectMissing, StoreError
 from framecdn.framestore.bucket import Bucket, StoredObject
 from framecdn.framestore.index import FrameEntry, InstanceIndex, InvalidIndex
 from framecdn.framestore.keys import InstanceKey, KeyLayout
@@ -80,7 +80,7 @@ class Reference(Protocol):
         """Each true frame's size and SHA-256, in order; None if this reference lacks it."""
 
 
-class NoSource(Exception):
+class NoSource(FramecdnError):
     """Raised by a :data:`Reingest` that has no source for the instance asked for."""
 
 

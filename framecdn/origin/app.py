@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from framecdn.errors import Refusal
 from framecdn.framestore.access import AccessRecorder
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import KeyLayout
@@ -31,7 +32,7 @@ from framecdn.origin.auth import (
 )
 from framecdn.origin.cors import CORSMiddleware
 from framecdn.origin.delivery import Delivery
-from framecdn.origin.errors import unexpected_error
+from framecdn.origin.errors import refusal_response, unexpected_error
 from framecdn.origin.fill_requests import FillRequests
 from framecdn.origin.frames import frames_endpoint
 from framecdn.origin.health import healthz, readyz
@@ -151,7 +152,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=_routes(origin),
         lifespan=lifespan,
-        exception_handlers={Exception: unexpected_error},
+        exception_handlers={Refusal: refusal_response, Exception: unexpected_error},
     )
     app.state.origin = origin
     # The middleware added last is the outermost: metrics also count (and log) CORS

@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from framecdn.errors import StoreError
+from framecdn.errors import Refusal, StoreError
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import is_valid_uid
 from framecdn.origin.apikeys import ApiKeysFile
@@ -62,12 +62,11 @@ _STUDY_IN_PATH = re.compile(r"/studies/([^/]+)")
 _SPLIT = re.compile(r"[,\s]+")
 
 
-class AuthFailure(Exception):
+class AuthFailure(Refusal):
     """The request is refused before any handler runs; ``reason`` goes to the log."""
 
     def __init__(self, status: int, error: str | None, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
+        super().__init__(reason, status=status)
         self.error = error
         self.reason = reason
 

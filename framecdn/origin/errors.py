@@ -1,6 +1,8 @@
 """Short JSON error answers, and S3 trouble as 502/503/504 that reveal nothing inside.
 
-A client's own mistake (400, 404, 406, 416) is explained to it. A failure on our side
+A client's own mistake (400, 404, 406, 416) is explained to it: an endpoint raises a
+:class:`~framecdn.errors.Refusal` carrying its status, and :func:`refusal_response`
+(the app's one handler for them) answers it. A failure on our side
 (5xx) is not: the client gets a generic reason and a request id, in the body and in
 ``X-Request-Id``; the log line with the same id carries the details (the S3
 endpoint, what S3 answered, the exception). Internal hosts and S3 XML never leave.
@@ -17,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
+from framecdn.errors import Refusal
 from framecdn.origin.storage import S3Error
 
 if TYPE_CHECKING:
@@ -42,6 +45,14 @@ def error_response(
     body: dict[str, object] = {"status": status, "error": reason}
     body.update(extra)
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+async def refusal_response(request: Request, exc: Exception) -> Response:
+    """The one answer to a :class:`~framecdn.errors.Refusal` an endpoint lets go up: its
+    ``status``, its message (about the caller's own request), headers and details."""
+    if not isinstance(exc, Refusal):
+        raise exc
+    return error_response(exc.status, str(exc), headers=exc.headers, **exc.details)
 
 
 def server_error_response(
@@ -70,7 +81,7 @@ def s3_error_response(request: Request, exc: S3Error) -> JSONResponse:
     origin.metrics.s3_errors.labels(exc.kind).inc()
     return server_error_response(
         request,
-        exc.status_code,
+        exc.status,
         f"storage {exc.kind}",
         str(exc),
         retry_after=origin.settings.retry_after_seconds,

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import aiohttp
 
 from framecdn.framestore.config import Settings
+from framecdn.framestore.fill_protocol import ACCEPTED, FillRequest, fill_url
 from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.origin.cache import TTLCache
 from framecdn.origin.metrics import Metrics
@@ -36,7 +37,7 @@ class FillRequests:
     """Queues instances at the fill service, in the background, deduplicated per process."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.url = settings.fill_url.rstrip("/") + "/fills" if settings.fill_url else None
+        self.url = fill_url(settings.fill_url) if settings.fill_url else None
         self.metrics = metrics
         self._asked: TTLCache[tuple[str, InstanceKey], bool] = TTLCache(
             100_000, ASK_AGAIN_SECONDS
@@ -77,10 +78,10 @@ class FillRequests:
 
     async def _send(self, keys: list[InstanceKey], prefix: str) -> None:
         assert self.url is not None
-        body = {"prefix": prefix, "instances": [[k.study, k.series, k.instance] for k in keys]}
+        body = FillRequest(tuple(keys), prefix).to_json()
         try:
             async with self._client().post(self.url, json=body) as response:
-                if response.status != 202:
+                if response.status != ACCEPTED:
                     text = (await response.read())[:200].decode(errors="replace")
                     raise RuntimeError(f"answered {response.status}: {text}")
                 await response.read()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 
+from framecdn.errors import Refusal
+
 #: Matched whole (``fullmatch``): ASCII digits only, no trailing newline.
 _NUMBER = re.compile(r"[1-9][0-9]{0,8}")
 
 
-class InvalidFrameList(ValueError):
+class InvalidFrameList(Refusal, ValueError):
     """A frame list the origin refuses (400)."""
 
 

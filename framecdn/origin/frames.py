@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
-from framecdn.framestore.keys import InstanceKey, InvalidUID
+from framecdn.errors import FramecdnError
+from framecdn.framestore.keys import InstanceKey
 from framecdn.origin.errors import error_response, s3_error_response
-from framecdn.origin.framelist import InvalidFrameList, check_in_range, parse_frame_list
+from framecdn.origin.framelist import check_in_range, parse_frame_list
 from framecdn.origin.instances import Found
 from framecdn.origin.markers import record_read, served_from
 from framecdn.origin.metrics import label
 from framecdn.origin.multipart import MultipartLayout, Part
-from framecdn.origin.negotiation import NotAcceptable, Representation, negotiate
+from framecdn.origin.negotiation import Representation, negotiate
 from framecdn.origin.ranges import RangeNotSatisfiable, if_range_allows, parse_range
 from framecdn.origin.scope import read_scope
 from framecdn.origin.storage import ObjectMissing, ObjectStream, S3Error
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 SERVED = frozenset({200, 206, 304, 307})
 
 
-class FrameVanished(Exception):
+class FrameVanished(FramecdnError):
     """The first frame of an answer is missing: its index has been condemned."""
 
 
@@ -79,11 +80,8 @@ async def frames_endpoint(request: Request) -> Response:
 async def _frames(request: Request, origin: Origin) -> Response:
     label(request.scope, route="frames", mode=origin.settings.delivery)
     params = request.path_params
-    try:
-        key = InstanceKey(params["study"], params["series"], params["instance"])
-        numbers = parse_frame_list(params["frames"], origin.settings.max_frames_per_request)
-    except (InvalidUID, InvalidFrameList) as exc:
-        return error_response(400, str(exc))
+    key = InstanceKey(params["study"], params["series"], params["instance"])
+    numbers = parse_frame_list(params["frames"], origin.settings.max_frames_per_request)
     return await answer_located(
         request, origin, key, "frames", lambda found: _answer(request, origin, found, numbers)
     )
@@ -132,15 +130,9 @@ async def _answer(
     key = found.key
     served_from(request.scope, found.layout)
     index = found.index
-    try:
-        check_in_range(numbers, index.number_of_frames)
-    except InvalidFrameList as exc:
-        return error_response(400, str(exc))
+    check_in_range(numbers, index.number_of_frames)  # Refusals answer through the app
     stored = Representation(False, index.media_type, index.transfer_syntax_uid)
-    try:
-        representation = negotiate(request.headers.get("accept"), stored, len(numbers))
-    except NotAcceptable as exc:
-        return error_response(406, str(exc), available=exc.available)
+    representation = negotiate(request.headers.get("accept"), stored, len(numbers))
 
     headers = {
         "Cache-Control": origin.settings.frame_cache_control,

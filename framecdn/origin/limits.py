@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from framecdn.errors import Refusal
 from framecdn.framestore.config import Settings
 
 log = logging.getLogger("framecdn.origin")
@@ -33,8 +34,10 @@ LINGER_SECONDS = 2.0
 _REFUSAL = b'{"status":431,"error":"request header fields too large"}'
 
 
-class HeaderLimitExceeded(Exception):
-    """Raised inside a parser callback to stop parsing a refused request."""
+class HeaderLimitExceeded(Refusal):
+    """Raised inside a parser callback to stop parsing a refused request (431)."""
+
+    status = 431
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -77,7 +80,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count += 1
         if self._header_count > self.max_headers:
             self._refuse(f"over {self.max_headers} header fields")
-            raise HeaderLimitExceeded()
+            raise HeaderLimitExceeded("request header fields too large")
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:

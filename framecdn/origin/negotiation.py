@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from framecdn.errors import Refusal
 from framecdn.framestore.transfer_syntax import (
     DEFAULT_SYNTAX_FOR_MEDIA_TYPE,
     MEDIA_TYPE_ALIASES,
@@ -78,19 +79,22 @@ class Representation:
 ECHO_LIMIT = 200
 
 
-class NotAcceptable(Exception):
+class NotAcceptable(Refusal):
     """No acceptable representation can be served without transcoding (406).
 
     The message quotes at most :data:`ECHO_LIMIT` characters of the Accept header:
     a client's input is never echoed unbounded.
     """
 
+    status = 406
+
     def __init__(self, accept: str, available: list[str]) -> None:
         self.accept = accept
         self.available = available
         shown = accept if len(accept) <= ECHO_LIMIT else accept[:ECHO_LIMIT] + "..."
         super().__init__(
-            f"cannot serve {shown!r} without transcoding; available: {'; or '.join(available)}"
+            f"cannot serve {shown!r} without transcoding; available: {'; or '.join(available)}",
+            details={"available": available},
         )
 
 

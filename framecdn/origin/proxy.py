@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from framecdn.errors import UpstreamError
 from framecdn.framestore.keys import InstanceKey, InvalidUID
 from framecdn.origin.errors import error_response, server_error_response
 from framecdn.origin.metrics import label
@@ -43,7 +44,6 @@ from framecdn.origin.streaming import ClosingStreamingResponse
 from framecdn.origin.upstream import (
     InvalidPath,
     Upstream,
-    UpstreamError,
     UpstreamResponse,
     UpstreamTimeout,
 )
@@ -96,7 +96,7 @@ class UpstreamProxy:
         self.count(route, exc.kind)
         reason = "upstream timeout" if isinstance(exc, UpstreamTimeout) else "upstream unavailable"
         return server_error_response(
-            request, exc.status_code, reason, str(exc),
+            request, exc.status, reason, str(exc),
             retry_after=self.origin.settings.retry_after_seconds,
         )
 

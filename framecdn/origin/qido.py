@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
-from framecdn.framestore.keys import InvalidUID, validate_uid
+from framecdn.framestore.keys import validate_uid
 from framecdn.origin.errors import error_response, s3_error_response
 from framecdn.origin.metadata import MEDIA_TYPE, accepts_json
 from framecdn.origin.metrics import label
@@ -25,7 +25,6 @@ from framecdn.origin.qido_query import (
     INSTANCE_DEFAULTS,
     SERIES_DEFAULTS,
     STUDY_DEFAULTS,
-    InvalidQuery,
     Level,
     QidoQuery,
     Record,
@@ -70,16 +69,13 @@ async def qido_endpoint(request: Request) -> Response:
         return error_response(406, f"search results are served as {MEDIA_TYPE}",
                               available=[MEDIA_TYPE])
     params = request.path_params
-    try:
-        study = params.get("study")
-        series = params.get("series")
-        if study is not None:
-            validate_uid(study, what="StudyInstanceUID")
-        if series is not None:
-            validate_uid(series, what="SeriesInstanceUID")
-        query = parse_query(request.query_params.multi_items(), level)
-    except (InvalidUID, InvalidQuery) as exc:
-        return error_response(400, str(exc))
+    study = params.get("study")
+    series = params.get("series")
+    if study is not None:  # a bad UID or parameter: a Refusal, answered by the app (400)
+        validate_uid(study, what="StudyInstanceUID")
+    if series is not None:
+        validate_uid(series, what="SeriesInstanceUID")
+    query = parse_query(request.query_params.multi_items(), level)
     scope = read_scope(request)
     if study is not None and not scope.allows(study):
         return _answer(origin, [], None)  # exactly what a study that is not there gives

@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
+from framecdn.errors import Refusal
+
 Level = Literal["study", "series", "instance"]
 Record = dict[str, Any]
 
@@ -114,7 +116,7 @@ STUDY_SERIES_COUNT, STUDY_INSTANCE_COUNT = "00201206", "00201208"
 SERIES_INSTANCE_COUNT = "00201209"
 
 
-class InvalidQuery(ValueError):
+class InvalidQuery(Refusal, ValueError):
     """A search parameter the origin cannot read (answered 400)."""
 
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import re
 
+from framecdn.errors import Refusal
+
 _POSITION = re.compile(r"[0-9]{1,18}")
 
 
-class RangeNotSatisfiable(Exception):
+class RangeNotSatisfiable(Refusal):
     """The range lies outside the representation (416)."""
 
+    status = 416
+
     def __init__(self, size: int) -> None:
+        super().__init__("range not satisfiable", headers={"Content-Range": f"bytes */{size}"})
         self.size = size
         super().__init__(f"range not satisfiable for {size} bytes")
 

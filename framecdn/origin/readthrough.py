@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
+from framecdn.errors import UpstreamError
 from framecdn.framestore.keys import InstanceKey
 from framecdn.origin.cache import TTLCache
 from framecdn.origin.scope import ReadScope
-from framecdn.origin.upstream import UpstreamError
 
 if TYPE_CHECKING:
     from framecdn.origin.app import Origin

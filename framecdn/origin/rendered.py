@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from framecdn.errors import FramecdnError
 from framecdn.framestore.config import Settings
 from framecdn.framestore.keys import InstanceKey, InvalidUID, validate_uid
 from framecdn.framestore.retention import tagging
@@ -79,7 +80,7 @@ MISSING_EXTRA = "rendering needs the render extra: pip install 'framecdn[render]
 MEMORY_SECONDS = 600.0
 
 
-class RenderBusy(Exception):
+class RenderBusy(FramecdnError):
     """Every worker is busy and the queue is full (503)."""
 
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from framecdn.errors import FramecdnError, Refusal
 from framecdn.origin.negotiation import parse_accept
 
 JPEG = "image/jpeg"
@@ -41,11 +42,11 @@ _UNSUPPORTED = ("annotation", "charset", "iccprofile")
 _LARGEST = 1e12
 
 
-class InvalidRendition(ValueError):
+class InvalidRendition(Refusal, ValueError):
     """A rendering parameter framecdn cannot honour (answered 400)."""
 
 
-class UnacceptableRendition(ValueError):
+class UnacceptableRendition(Refusal):
     """No rendered media type framecdn produces is acceptable (answered 406)."""
 
     def __init__(self, accept: str) -> None:
@@ -219,7 +220,7 @@ def parse_rendition(
     return Rendition(media_type, window, viewport, quality)
 
 
-class CannotRender(Exception):
+class CannotRender(FramecdnError):
     """This frame cannot be rendered as asked; ``status`` is what the origin answers."""
 
     def __init__(self, status: int, reason: str) -> None:

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from framecdn.errors import FramecdnError
 from framecdn.origin.qido_query import STUDY_UID
 
 #: A part's header block longer than this is not a DICOMweb part header.
@@ -32,7 +33,7 @@ MAX_PART_HEADERS = 64 * 1024
 _HEADER_LOCATION = re.compile(rb"^(content-location[ \t]*:[ \t]*)([^\r\n]*)", re.I | re.M)
 
 
-class BadUpstreamBody(Exception):
+class BadUpstreamBody(FramecdnError):
     """An upstream body that is not what its Content-Type says (the stream is cut)."""
 
 

@@ -59,21 +59,21 @@ T = TypeVar("T")
 class S3Error(StoreError):
     """S3 answered something the origin cannot use (surfaced as 502)."""
 
-    status_code = 502
+    status = 502
     kind = "error"
 
 
 class S3Unavailable(S3Error):
     """S3 could not be reached (connect failure, pool exhausted, 5xx): 503."""
 
-    status_code = 503
+    status = 503
     kind = "unavailable"
 
 
 class S3Timeout(S3Error):
     """S3 did not answer within the configured timeout: 504."""
 
-    status_code = 504
+    status = 504
     kind = "timeout"
 
 

@@ -32,6 +32,7 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from framecdn.errors import FramecdnError
 from framecdn.origin.errors import request_id
 from framecdn.origin.multipart import MultipartLayout
 from framecdn.origin.storage import ObjectMissing, ObjectStore, ObjectStream, S3Error
@@ -39,7 +40,7 @@ from framecdn.origin.storage import ObjectMissing, ObjectStore, ObjectStream, S3
 log = logging.getLogger("framecdn.origin")
 
 
-class BrokenInstance(Exception):
+class BrokenInstance(FramecdnError):
     """The store says a frame object is missing, or not the size the index lists."""
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import jwt
 
-from framecdn.errors import ConfigError
+from framecdn.errors import ConfigError, FramecdnError
 from framecdn.framestore.config import Settings
 
 log = logging.getLogger("framecdn.origin")
@@ -39,7 +39,7 @@ _EC_CURVES = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _JWKS_TIMEOUT = 5.0
 
 
-class InvalidToken(Exception):
+class InvalidToken(FramecdnError, ValueError):
     """The token does not open anything here; ``str()`` is a short reason for the log."""
 
 

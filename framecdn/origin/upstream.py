@@ -28,6 +28,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from framecdn.errors import Refusal, UpstreamError
 from framecdn.framestore.config import Settings
 from framecdn.framestore.upstream_auth import upstream_authorization
 from framecdn.origin.storage import READ_BUFFER_BYTES, ReadDeadline
@@ -36,13 +37,6 @@ from framecdn.origin.storage import READ_BUFFER_BYTES, ReadDeadline
 PASSED_REQUEST_HEADERS = ("accept", "range", "if-range")
 #: ... and the client's own credentials, only when so configured.
 CLIENT_CREDENTIALS = ("authorization", "cookie")
-
-
-class UpstreamError(Exception):
-    """The upstream could not answer (the origin answers 502, opaque)."""
-
-    status_code = 502
-    kind = "error"
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -54,11 +48,11 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     """No answer (or no next piece of a body) within the read timeout: 504."""
 
-    status_code = 504
+    status = 504
     kind = "timeout"
 
 
-class InvalidPath(ValueError):
+class InvalidPath(Refusal, ValueError):
     """A path that must not be sent upstream."""
 
 

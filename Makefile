@@ -24,7 +24,7 @@ screenshot: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-## Static checks: ruff (rules in pyproject.toml); mypy, strict on the package, on tests and benches too.
+## Static checks: ruff (rules in pyproject.toml) and mypy, strict, on the package.
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . ; ruff=$$?; $(BIN)/mypy && exit $$ruff
 

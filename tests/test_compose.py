@@ -20,12 +20,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import fields
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -38,7 +37,7 @@ from framecdn.cli import build_parser
 from framecdn.embedded_s3 import EmbeddedS3, weed_binary
 from framecdn.framestore.config import ENVIRONMENT, Settings
 from framecdn.framestore.s3 import make_client
-from tests.origin_fixtures import free_port
+from tests.origin_fixtures import free_port, http_server
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose.yaml"
@@ -439,15 +438,8 @@ def echo_server(status: int = 200) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with http_server(Echo) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+
+from tests.origin_fixtures import http_server
 
 FRAMECDN = str(Path(sys.executable).parent / "framecdn")
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there
@@ -45,14 +46,8 @@ class _HtmlEverywhere(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def html_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _HtmlEverywhere)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(_HtmlEverywhere) as url:
+        yield url
 
 
 def follow(s3_store, settings, *argv: str, timeout: float = 60, **env: str):

@@ -151,7 +151,9 @@ def write_tomosynthesis(
     value_length = frames * frame_length
     vr = b"OB" if bits_allocated == 8 else b"OW"
     if pixel_data:
-        header.write(_element_header(0x7FE00010, vr, value_length, transfer_syntax_uid))
+        # A value has even length (PS3.5 7.1.1): odd frames end with the pad byte in it.
+        padded_length = value_length + value_length % 2
+        header.write(_element_header(0x7FE00010, vr, padded_length, transfer_syntax_uid))
     size = header.tell() + (value_length + value_length % 2 if pixel_data else 0)
     reused = reuse and _has_header(path, header.getvalue(), size)
     if not reused:

@@ -50,7 +50,7 @@ def test_native_tomosynthesis_is_stored_frame_by_frame(s3_client, settings, tmp_
     assert {"Key": RETENTION_TAG, "Value": "cache"} in tags["TagSet"]
     assert sorted(list_keys(s3_client, settings.bucket, layout.instance_prefix(key))) == sorted(
         [layout.frame_of(index, n) for n in range(1, 6)]
-        + [layout.metadata_of(index), layout.index(key)]
+        + [layout.metadata_of(index), layout.part10_of(index), layout.index(key)]
     )
     assert InstanceIndex.from_json(_get(s3_client, settings, layout.index(key))) == index
 
@@ -123,10 +123,11 @@ def test_reingest_is_skipped_and_force_rewrites(s3_client, settings, tmp_path) -
         )
         result = ingestor.ingest(generated.path)
         assert result.status == "ingested", result.reason
-    assert len(puts) == 4 + 2
-    # The commit marker goes last, after every frame and the metadata.
+    assert len(puts) == 4 + 3
+    # The commit marker goes last, after every frame, the metadata and the part10 object.
     assert result.index is not None
-    assert puts[-1] == layout.index(key) and puts[-2] == layout.metadata_of(result.index)
+    assert puts[-1] == layout.index(key) and puts[-2] == layout.part10_of(result.index)
+    assert puts[-3] == layout.metadata_of(result.index)
 
 
 def test_a_different_file_under_the_same_uid_replaces_the_instance(

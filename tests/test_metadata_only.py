@@ -114,7 +114,9 @@ def test_a_pacs_folder_with_documents_ingests_cleanly(s3_client, settings, tmp_p
         keys = list_keys(s3_client, settings.bucket, layout.instance_prefix(key))
         raw = s3_client.get_object(Bucket=settings.bucket, Key=layout.index(key))["Body"].read()
         index = InstanceIndex.from_json(raw)
-        assert sorted(keys) == sorted([layout.metadata_of(index), layout.index(key)])  # no frames
+        assert sorted(keys) == sorted(  # no frames; the file's bytes kept whole in part10
+            [layout.metadata_of(index), layout.part10_of(index), layout.index(key)]
+        )
         assert index.number_of_frames == 0 and index.frames == ()
         assert index.media_type == "" and index.transfer_syntax_uid == "1.2.840.10008.1.2.1"
         metadata = s3_client.get_object(Bucket=settings.bucket, Key=layout.metadata_of(index))

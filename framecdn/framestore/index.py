@@ -95,6 +95,22 @@ class InstanceIndex:
     def total_frame_bytes(self) -> int:
         return sum(frame.size for frame in self.frames)
 
+    @property
+    def part10(self) -> FrameEntry | None:
+        """The generation's part10 object (size, SHA-256), if ingest wrote one.
+
+        It rebuilds the ingested file byte for byte with the frames
+        (:mod:`framecdn.framestore.part10`); kept under ``extra["part10"]`` so indexes
+        with it stay readable by code that predates it.
+        """
+        entry = self.extra.get("part10")
+        if not isinstance(entry, dict):
+            return None
+        try:
+            return FrameEntry(int(entry["size"]), str(entry["sha256"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
     def frame(self, number: int) -> FrameEntry:
         """The entry of 1-based frame ``number``."""
         if not 1 <= number <= self.number_of_frames:

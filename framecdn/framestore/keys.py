@@ -147,6 +147,17 @@ class KeyLayout:
         """The DICOM JSON of one generation of the instance."""
         return f"{self.generation_prefix(key, generation)}metadata"
 
+    def part10(self, key: InstanceKey, *, generation: str) -> str:
+        """What rebuilds the ingested file with the frames (``framestore.part10``)."""
+        return f"{self.generation_prefix(key, generation)}part10"
+
+    def part10_of(self, index: StoredGeneration) -> str:
+        """The part10 object of the generation an index names (schema 2 only)."""
+        generation = index.generation
+        if generation is None:
+            raise ValueError("schema-1 instances have no part10 object")
+        return self.part10(index.key, generation=generation)
+
     def frame_of(self, index: StoredGeneration, number: int) -> str:
         """Frame ``number`` of the generation an index names."""
         return self.frame(index.key, number, generation=index.generation)
@@ -211,12 +222,12 @@ class KeyLayout:
 
 _FEED_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _RENDITION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-Part = Literal["frame", "metadata", "index", "rendition"]
+Part = Literal["frame", "metadata", "index", "rendition", "part10"]
 _OBJECT_KEY = re.compile(
     r"(?P<prefix>(?:[^/]+/)*?)studies/(?P<study>[0-9.]+)/series/(?P<series>[0-9.]+)"
     r"/instances/(?P<instance>[0-9.]+)/"
     r"(?:(?P<index>index\.json)"
-    r"|(?:(?P<generation>[0-9a-f]{16,64})/)?(?:frames/(?P<frame>[1-9][0-9]*)|metadata"
+    r"|(?:(?P<generation>[0-9a-f]{16,64})/)?(?:frames/(?P<frame>[1-9][0-9]*)|metadata|(?P<part10>part10)"
     r"|rendered/[1-9][0-9]*/(?P<rendition>[A-Za-z0-9][A-Za-z0-9._-]{0,199})))"
 )
 
@@ -255,6 +266,8 @@ def parse_object_key(object_key: str) -> ParsedKey | None:
         return ParsedKey(prefix, instance, "frame", int(match["frame"]), generation)
     if match["rendition"] is not None:
         return ParsedKey(prefix, instance, "rendition", None, generation)
+    if match["part10"] is not None:
+        return ParsedKey(prefix, instance, "part10", None, generation)
     return ParsedKey(prefix, instance, "metadata", None, generation)
 
 

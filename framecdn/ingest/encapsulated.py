@@ -92,6 +92,17 @@ class FragmentFrames:
     def size(self, index: int) -> int:
         return sum(self._lengths[self._bounds[index] : self._bounds[index + 1]])
 
+    def file_ranges(self) -> list[tuple[int, int, int, int]]:
+        """Each fragment's place: (file offset, length, frame number, offset in the frame)."""
+        ranges = []
+        for index in range(self.count):
+            within = 0
+            for fragment in range(self._bounds[index], self._bounds[index + 1]):
+                length = self._lengths[fragment]
+                ranges.append((self._offsets[fragment], length, index + 1, within))
+                within += length
+        return ranges
+
     def chunks(self, index: int, chunk_size: int) -> Iterator[bytes]:
         """Frame ``index`` (0-based): its fragments joined, in chunks of ``chunk_size``."""
         buffer = bytearray()

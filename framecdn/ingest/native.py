@@ -80,6 +80,19 @@ class NativeFrames:
     def size(self, index: int) -> int:
         return self.frame_size
 
+    def file_ranges(self) -> list[tuple[int, int, int, int]] | None:
+        """Where each stored frame lies in the file: (file offset, length, number, 0).
+
+        ``None`` when the stored frames are not the file's bytes (swapped big endian
+        words, 1-bit frames off byte boundaries): no byte-exact part10 object then.
+        """
+        if self._word != 1 or self._frame_bits % 8:
+            return None
+        return [
+            (self._offset + index * self.frame_size, self.frame_size, index + 1, 0)
+            for index in range(self.count)
+        ]
+
     def chunks(self, index: int, chunk_size: int) -> Iterator[bytes]:
         """Frame ``index`` (0-based) as little endian bytes starting at bit 0, in chunks.
 

@@ -37,6 +37,7 @@ from framecdn.framestore.bucket import MAX_PARTS, MIN_PART_BYTES, Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import FrameEntry, InstanceIndex, InvalidIndex, SourceInfo
 from framecdn.framestore.keys import InstanceKey, InvalidUID, KeyLayout, parse_object_key
+from framecdn.framestore.part10 import FORMAT_VERSION
 from framecdn.framestore.transfer_syntax import content_type
 from framecdn.ingest import metadata
 from framecdn.ingest.splitter import (
@@ -276,6 +277,14 @@ class Ingestor:
         self._put(
             self.layout.metadata(key, generation=generation), body, "application/dicom+json"
         )
+        extra: dict[str, Any] = {}
+        part10 = split.part10()
+        if part10 is not None:  # written before the index, which commits it (#20 item 2)
+            raw = part10.to_bytes()
+            entry = self._put(
+                self.layout.part10(key, generation=generation), raw, "application/octet-stream"
+            )
+            extra["part10"] = {"size": entry.size, "sha256": entry.sha256, "format": FORMAT_VERSION}
         ds = split.dataset
         index = InstanceIndex(
             study_instance_uid=key.study,
@@ -297,6 +306,7 @@ class Ingestor:
             source=source,
             ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
             ingest_id=generation,
+            extra=extra,
         )
         if self._cancelled.is_set():  # interrupted after the last frame was read: no commit
             raise Cancelled("ingest interrupted")

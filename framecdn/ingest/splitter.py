@@ -52,12 +52,14 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from framecdn.framestore.keys import InvalidUID, validate_uid
+from framecdn.framestore.part10 import Part10
 from framecdn.framestore.transfer_syntax import UnsupportedTransferSyntax, stored_representation
 from framecdn.ingest.encapsulated import FragmentFrames
 from framecdn.ingest.geometry import read_geometry, read_number_of_frames
 from framecdn.ingest.inflate import InflateLimits, InflatingFile
 from framecdn.ingest.invalid import InvalidInstance
 from framecdn.ingest.native import NativeFrames
+from framecdn.ingest.remainder import build_part10
 from framecdn.ingest.structure import (
     MAX_NESTING,
     UNDEFINED_LENGTH,
@@ -88,6 +90,8 @@ class _PixelFrames(Protocol):
     count: int
 
     def size(self, index: int) -> int: ...
+
+    def file_ranges(self) -> list[tuple[int, int, int, int]] | None: ...
 
     def chunks(self, index: int, chunk_size: int) -> Iterator[bytes]: ...
 
@@ -124,6 +128,25 @@ class SplitInstance:
     media_type: str
     number_of_frames: int
     _pixels: _PixelFrames | None = field(default=None, repr=False)
+    _fp: BinaryIO | None = field(default=None, repr=False)
+
+    def part10(self) -> Part10 | None:
+        """What rebuilds the source file byte for byte with the frame objects (#20 item 2).
+
+        ``None`` (said in the log) for a deflated source (its frames are stored
+        inflated: retrieval builds a file in the stored syntax), native frames that are
+        not the file's bytes (big endian, 1-bit off byte boundaries), or more literal
+        bytes than :data:`~framecdn.framestore.part10.MAX_LITERAL_BYTES`. Reads the
+        file: call it between frame reads, from the same thread.
+        """
+        if self._fp is None or UID(self.source_transfer_syntax_uid).is_deflated:
+            log.info("no byte-exact copy kept: deflated source (frames are stored inflated)")
+            return None
+        ranges = self._pixels.file_ranges() if self._pixels is not None else []
+        if ranges is None:
+            log.info("no byte-exact copy kept: stored frames are not the file's bytes")
+            return None
+        return build_part10(self._fp, ranges, self.number_of_frames)
 
     @property
     def metadata_only(self) -> bool:
@@ -189,7 +212,7 @@ def _split_instance(
             raise InvalidInstance(
                 f"no Pixel Data element, though {because} (is the file truncated?)"
             )
-        return SplitInstance(dataset, str(syntax), str(syntax), "", 0)
+        return SplitInstance(dataset, str(syntax), str(syntax), "", 0, _fp=fp)
     stored_syntax, media_type = _stored_representation(syntax)
     geometry = read_geometry(dataset)
     number_of_frames = read_number_of_frames(dataset)
@@ -200,7 +223,7 @@ def _split_instance(
         pixels = NativeFrames(fp, pixel_data, geometry, syntax, number_of_frames)
         _read_trailing_elements(fp, dataset, syntax, pixel_data)
     return SplitInstance(
-        dataset, str(syntax), stored_syntax, media_type, number_of_frames, pixels
+        dataset, str(syntax), stored_syntax, media_type, number_of_frames, pixels, fp
     )
 
 

@@ -47,7 +47,7 @@ def tags_of(client, bucket: str, keys: list[str]) -> set[str]:
 
 def test_ingest_tags_everything_cache(s3_client, settings, stored):
     keys = list_keys(s3_client, settings.bucket, KeyLayout(settings.prefix).all_studies())
-    assert len(keys) == 5 + 4 + 5
+    assert len(keys) == 6 + 5 + 6  # frames, metadata, part10, index
     assert tags_of(s3_client, settings.bucket, keys) == {"cache"}
 
 
@@ -59,34 +59,36 @@ def test_evict_study_removes_everything_of_it_and_nothing_else(s3_client, bucket
     report = evict(bucket, layout, study=STUDY)
 
     assert report.instances == sorted([stored["a"].key, stored["b"].key], key=lambda k: k.series)
-    assert report.objects == 9
+    assert report.objects == 11
     assert report.bytes == sum(
-        i.total_frame_bytes + i.metadata_size + len(i.to_json()) for i in (stored["a"], stored["b"])
+        i.total_frame_bytes + i.metadata_size + len(i.to_json())
+        + (i.part10.size if i.part10 else 0)
+        for i in (stored["a"], stored["b"])
     )
     assert list_keys(s3_client, settings.bucket, layout.study_prefix(STUDY)) == []
     assert list_keys(s3_client, settings.bucket, marker) == []
-    assert len(list_keys(s3_client, settings.bucket, layout.study_prefix(OTHER_STUDY))) == 5
+    assert len(list_keys(s3_client, settings.bucket, layout.study_prefix(OTHER_STUDY))) == 6
 
 
 def test_evict_series_and_instance_are_narrow(s3_client, bucket, settings, stored):
     layout = KeyLayout(settings.prefix)
     evict(bucket, layout, study=STUDY, series=SERIES_A)
     assert list_keys(s3_client, settings.bucket, layout.series_prefix(STUDY, SERIES_A)) == []
-    assert len(list_keys(s3_client, settings.bucket, layout.series_prefix(STUDY, SERIES_B))) == 4
+    assert len(list_keys(s3_client, settings.bucket, layout.series_prefix(STUDY, SERIES_B))) == 5
 
     # An instance alone (no study given) is found by searching the prefix.
     report = evict(bucket, layout, instance=stored["c"].sop_instance_uid)
     assert report.instances == [stored["c"].key]
     assert list_keys(s3_client, settings.bucket, layout.study_prefix(OTHER_STUDY)) == []
-    assert len(list_keys(s3_client, settings.bucket, layout.all_studies())) == 4
+    assert len(list_keys(s3_client, settings.bucket, layout.all_studies())) == 5
 
 
 def test_dry_run_deletes_nothing(s3_client, bucket, settings, stored):
     layout = KeyLayout(settings.prefix)
     report = evict(bucket, layout, study=STUDY, dry_run=True)
-    assert report.objects == 9 and report.dry_run
-    assert "would remove 2 instances of 1 study: 9 objects" in eviction_summary(report)
-    assert len(list_keys(s3_client, settings.bucket, layout.study_prefix(STUDY))) == 9
+    assert report.objects == 11 and report.dry_run
+    assert "would remove 2 instances of 1 study: 11 objects" in eviction_summary(report)
+    assert len(list_keys(s3_client, settings.bucket, layout.study_prefix(STUDY))) == 11
 
 
 def test_evict_of_nothing_says_so(s3_client, bucket, settings):
@@ -119,7 +121,7 @@ def test_pin_and_unpin_retag_a_study_keeping_other_tags(s3_client, bucket, setti
     )
 
     report = pin(bucket, layout, STUDY)
-    assert (report.value, report.instances, report.objects) == ("pinned", 2, 9)
+    assert (report.value, report.instances, report.objects) == ("pinned", 2, 11)
     assert tags_of(s3_client, settings.bucket, study_keys) == {"pinned"}
     other = list_keys(s3_client, settings.bucket, layout.study_prefix(OTHER_STUDY))
     assert tags_of(s3_client, settings.bucket, other) == {"cache"}
@@ -143,14 +145,14 @@ def test_cli_pin_and_evict(s3_client, bucket, settings, stored, monkeypatch, s3_
     flags = ["--bucket", settings.bucket, "--prefix", settings.prefix]
     layout = KeyLayout(settings.prefix)
     assert run_cli(["pin", STUDY, *flags], monkeypatch, s3_store) == 0
-    assert "tagged 9 objects of 2 instances" in capsys.readouterr().out
+    assert "tagged 11 objects of 2 instances" in capsys.readouterr().out
 
     assert run_cli(["evict", OTHER_STUDY, "--dry-run", *flags], monkeypatch, s3_store) == 0
     out = capsys.readouterr().out
     assert f"would remove {layout.instance_prefix(stored['c'].key)}" in out
-    assert len(list_keys(s3_client, settings.bucket, layout.study_prefix(OTHER_STUDY))) == 5
+    assert len(list_keys(s3_client, settings.bucket, layout.study_prefix(OTHER_STUDY))) == 6
 
     assert run_cli(["evict", OTHER_STUDY, *flags], monkeypatch, s3_store) == 0
-    assert "removed 1 instance of 1 study: 5 objects" in capsys.readouterr().out
+    assert "removed 1 instance of 1 study: 6 objects" in capsys.readouterr().out
     assert list_keys(s3_client, settings.bucket, layout.study_prefix(OTHER_STUDY)) == []
     assert run_cli(["evict", OTHER_STUDY, *flags], monkeypatch, s3_store) == 1

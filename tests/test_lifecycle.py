@@ -183,7 +183,7 @@ def test_lifecycle_pass_expires_cache_keeps_pinned_and_other_prefixes(
 
     assert list_keys(s3_client, bucket, layout.instance_prefix(cached.key)) == []
     kept_keys = list_keys(s3_client, bucket, layout.instance_prefix(kept.key))
-    assert len(kept_keys) == kept.number_of_frames + 2  # frames, metadata, index
+    assert len(kept_keys) == kept.number_of_frames + 3  # frames, metadata, part10, index
     other_layout = KeyLayout(other_clinic.prefix)
-    assert len(list_keys(s3_client, bucket, other_layout.instance_prefix(elsewhere.key))) == 5
+    assert len(list_keys(s3_client, bucket, other_layout.instance_prefix(elsewhere.key))) == 6
     assert list_keys(s3_client, bucket, "logs/") == ["logs/today"]

@@ -70,7 +70,8 @@ def stored(bucket: FakeBucket) -> set[str]:
 
 def test_ingest_writes_through_the_bucket_with_the_index_last(fake):
     puts = [key for op, key in fake.calls if op == "put" and uid("A") in key]
-    assert puts[-1] == index_key("A") and puts[-2].endswith("/metadata")
+    assert puts[-1] == index_key("A") and puts[-2].endswith("/part10")
+    assert puts[-3].endswith("/metadata")
     assert {obj.tags[RETENTION_TAG] for obj in fake.objects.values()} == {CACHE}
     index = InstanceIndex.from_json(fake.objects[index_key("A")].body)
     assert index.number_of_frames == 3
@@ -137,7 +138,7 @@ def test_pin_retags_every_index_after_every_other_object(fake):
     fake.calls.clear()
     report = pin(fake, LAYOUT, uid("A"))
     retagged = [key for op, key in fake.calls if op == "set_tags"]
-    assert len(retagged) == report.objects == 5
+    assert len(retagged) == report.objects == 6
     assert retagged[-1] == index_key("A")
     assert {fake.objects[k].tags[RETENTION_TAG] for k in retagged} == {PINNED}
 
@@ -233,7 +234,7 @@ def test_inventory_skips_keys_that_are_not_instance_objects(fake):
     fake.put(f"{PREFIX}/studies/1.2/series/1.2.3/instances/1.2.3.4/frames/0", b"x", "x")
     inventory = take_inventory(fake, LAYOUT)
     assert sorted(inventory.studies) == sorted(uid(n) for n in "ABC")
-    assert inventory.object_count == 15
+    assert inventory.object_count == 18
 
 
 def test_object_missing_is_the_only_missing():

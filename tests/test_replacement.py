@@ -103,7 +103,7 @@ def test_a_replacement_killed_midway_leaves_the_old_version_served(
     assert swapped.generation not in (None, committed.generation)
     stored = generations(s3_client, settings)
     assert committed.generation not in stored  # the old version's objects are gone
-    assert stored[swapped.generation] == 41
+    assert stored[swapped.generation] == 42
     with run_origin(settings) as served, httpx.Client(timeout=30) as http:
         assert_serves(http, served, new, 40)
 
@@ -131,7 +131,7 @@ def test_a_finished_replacement_is_served_at_once_and_the_old_objects_go(
             assert new.frame(number) in multipart.content
         metadata = http.get(f"{frame_url(served, 1).rsplit('/frames', 1)[0]}/metadata")
         assert metadata.status_code == 200
-    assert generations(s3_client, settings) == {index.generation: 5}
+    assert generations(s3_client, settings) == {index.generation: 6}
     assert committed.generation != index.generation
 
 
@@ -146,7 +146,7 @@ def test_a_replacement_that_fails_removes_only_its_own_generation(
         result = ingestor.ingest(source, name="new.dcm")
     assert result.status == "failed" and "Input/output error" in result.reason
     assert stored_index(s3_client, settings) == committed
-    assert generations(s3_client, settings) == {committed.generation: 7}
+    assert generations(s3_client, settings) == {committed.generation: 8}
     with run_origin(settings) as served, httpx.Client(timeout=30) as http:
         assert_serves(http, served, old, 6)
 
@@ -244,11 +244,11 @@ def test_a_schema_1_instance_is_served_and_replaced_into_a_generation(
         Key=layout.metadata(KEY, generation=None),
     )
     v1 = json.loads(index.to_json())
-    v1.update(schema=1, ingest_id=uuid.uuid4().hex[:8])
+    v1.update(schema=1, ingest_id=uuid.uuid4().hex[:8], extra={})  # schema 1: no part10
     s3_client.delete_objects(
         Bucket=settings.bucket,
         Delete={"Objects": [{"Key": layout.frame_of(index, n)} for n in range(1, 5)]
-                + [{"Key": layout.metadata_of(index)}]},
+                + [{"Key": layout.metadata_of(index)}, {"Key": layout.part10_of(index)}]},
     )
     s3_client.put_object(
         Bucket=settings.bucket, Key=layout.index(KEY), Body=json.dumps(v1).encode()
@@ -262,4 +262,4 @@ def test_a_schema_1_instance_is_served_and_replaced_into_a_generation(
         new = version(tmp_path / "new.dcm", seed=8)
         replaced = ingest_file(new.path, settings)
         assert_serves(http, served, new, 4)
-    assert generations(s3_client, settings) == {replaced.generation: 5}
+    assert generations(s3_client, settings) == {replaced.generation: 6}

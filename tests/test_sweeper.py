@@ -114,7 +114,7 @@ def test_half_evicted_instances_and_dead_ingests_are_cleaned(s3_client, bucket, 
     young = sweep(bucket, layout)
     assert young.repaired == [half] and young.orphans == []
     assert list_keys(s3_client, settings.bucket, layout.instance_prefix(half)) == []
-    assert len(list_keys(s3_client, settings.bucket, layout.instance_prefix(dead))) == 4
+    assert len(list_keys(s3_client, settings.bucket, layout.instance_prefix(dead))) == 5
 
     old = sweep(bucket, layout, orphan_grace=timedelta(0), now=time.time() + 5)
     assert sorted(old.orphans, key=lambda k: k.study) == [dead, running]
@@ -142,7 +142,7 @@ def test_old_generations_of_whole_instances_go_after_the_grace(
     assert old.leftovers == [index.key] and old.repaired == [] and old.orphans == []
     assert list_keys(s3_client, settings.bucket, leftover) == []
     committed = list_keys(s3_client, settings.bucket, layout.instance_prefix(index.key))
-    assert len(committed) == 3 + 2  # its frames, metadata and index are untouched
+    assert len(committed) == 3 + 3  # its frames, metadata, part10 and index are untouched
 
 
 def test_stale_markers_are_dropped(s3_client, bucket, settings, studies):

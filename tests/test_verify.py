@@ -179,7 +179,7 @@ def test_metadata_damage_and_an_invalid_index_are_found(
     # left to the grace like any unnamed ones (a young one may be an ingest running).
     key = stored[3][1].key
     left = list_keys(s3_client, settings.bucket, layout.instance_prefix(key))
-    assert len(left) == 4 and layout.index(key) not in left
+    assert len(left) == 5 and layout.index(key) not in left
     time.sleep(1.1)
     code, out = cli(monkeypatch, s3_store, settings, capsys, STUDY, "--grace", "0", "--repair")
     assert code == 0 and "ORPHAN" in out
@@ -216,19 +216,19 @@ def test_orphans_and_old_generations_wait_out_the_grace_then_go(
     code, out = cli(monkeypatch, s3_store, settings, capsys, STUDY, "--repair")
     assert code == 0, out  # young: maybe an ingest still running
     assert out.count("PENDING") == 2 and "REPAIRED" not in out
-    assert len(list_keys(s3_client, settings.bucket, layout.instance_prefix(orphan.key))) == 4
+    assert len(list_keys(s3_client, settings.bucket, layout.instance_prefix(orphan.key))) == 5
 
     time.sleep(1.1)  # Last-Modified has one-second resolution
     code, out = cli(monkeypatch, s3_store, settings, capsys, STUDY, "--grace", "0")
     assert code == 1
     orphans = f"ORPHAN     {STUDY}/{STUDY}.1/{STUDY}.1.1: generation {orphan.generation}"
-    assert f"{orphans}: 4 objects" in out
+    assert f"{orphans}: 5 objects" in out
     assert f"OLD        {STUDY}/{STUDY}.1/{STUDY}.1.2: generation {old}: 2 objects" in out
     code, out = cli(monkeypatch, s3_store, settings, capsys, STUDY, "--grace", "0", "--repair")
     assert code == 0, out
     assert list_keys(s3_client, settings.bucket, layout.instance_prefix(orphan.key)) == []
     assert list_keys(s3_client, settings.bucket, layout.generation_prefix(kept.key, old)) == []
-    assert len(list_keys(s3_client, settings.bucket, layout.instance_prefix(kept.key))) == 5
+    assert len(list_keys(s3_client, settings.bucket, layout.instance_prefix(kept.key))) == 6
     code, out = cli(monkeypatch, s3_store, settings, capsys, STUDY, "--grace", "0")
     assert code == 0 and "checked 2 instances" in out
 

@@ -15,8 +15,14 @@ PACKAGE = Path(__file__).parent.parent / "framecdn"
 
 #: package -> packages it must never import
 FORBIDDEN = {
-    "framecdn.ingest": ("framecdn.origin", "framecdn.maintenance", "framecdn.cli"),
-    "framecdn.origin": ("framecdn.ingest", "framecdn.maintenance", "framecdn.cli"),
+    "framecdn.ingest": (
+        "framecdn.origin", "framecdn.maintenance", "framecdn.cli", "framecdn.receive",
+    ),
+    # The receiver writes through ingest; the origin (the read side) never sees it.
+    "framecdn.receive": ("framecdn.origin", "framecdn.maintenance", "framecdn.cli"),
+    "framecdn.origin": (
+        "framecdn.ingest", "framecdn.maintenance", "framecdn.cli", "framecdn.receive",
+    ),
     "framecdn.maintenance": ("framecdn.ingest", "framecdn.origin", "framecdn.cli"),
     "framecdn.framestore": (
         "framecdn.ingest", "framecdn.origin", "framecdn.maintenance", "framecdn.cli",

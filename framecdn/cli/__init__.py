@@ -36,6 +36,7 @@ COMMANDS = [
     "framecdn.cli.follow_orthanc",
     "framecdn.cli.api_key",
     "framecdn.cli.fill",
+    "framecdn.cli.receive",
 ]
 
 #: Said at the end of every ``--help``: where storage and credentials come from.
@@ -158,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=LOG_FORMAT,
     )
     if not args.verbose:  # one line per S3 request is debugging detail
-        for noisy in ("aiohttp", "httpx", "httpcore", "botocore", "urllib3"):
+        for noisy in ("aiohttp", "httpx", "httpcore", "botocore", "urllib3", "pynetdicom"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)

@@ -165,6 +165,29 @@ def non_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+def ae_title(value: str) -> str | None:
+    """A DICOM AE title: 1-16 printable ASCII characters, no backslash, not only spaces."""
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > 16 or not all(" " <= c <= "~" and c != "\\" for c in value):
+        return "is not an AE title (at most 16 printable ASCII characters, no backslash)"
+    return None
+
+
+def calling_ae_list(values: tuple[str, ...]) -> str | None:
+    """``AE`` or ``AE=site`` entries, each AE title once."""
+    titles = []
+    for entry in values:
+        title, _, _site = (part.strip() for part in entry.partition("="))
+        problem = ae_title(title)
+        if problem:
+            return f"has an entry whose AE title {problem}: {entry!r}"
+        titles.append(title)
+    if len(set(titles)) != len(titles):
+        return "names an AE title twice"
+    return None
+
+
 def shard(value: str) -> str | None:
     """``K/N`` with 0 <= K < N."""
     match = re.fullmatch(r"(\d+)/(\d+)", value.strip())
@@ -761,7 +784,61 @@ class FollowSettings(Section):
 
 
 @dataclass(frozen=True)
+class ReceiveSettings(Section):
+    """The DICOM receiver (``framecdn receive``): C-STORE from a PACS or a modality."""
+
+    receive_ae_title: str = setting(
+        "FRAMECDN_RECEIVE_AE_TITLE", "FRAMECDN",
+        "The receiver's AE title; associations called to another title are refused.",
+        check=ae_title,
+    )
+    receive_host: str = setting(
+        "FRAMECDN_RECEIVE_HOST", "127.0.0.1",
+        "Address the DICOM receiver listens on (`0.0.0.0` for every interface).",
+        check=non_empty,
+    )
+    receive_port: int = setting(
+        "FRAMECDN_RECEIVE_PORT", 11112, "TCP port of the DICOM receiver.",
+        check=between(1, 65535),
+    )
+    receive_calling_aes: tuple[str, ...] = setting(
+        "FRAMECDN_RECEIVE_CALLING_AES", (),
+        "Comma-separated calling AE titles the receiver accepts, `AE` or `AE=site` (a site "
+        "of `FRAMECDN_AUTH_SITES`: that caller's instances go under the site's prefix); "
+        "empty accepts every caller, into `FRAMECDN_PREFIX`.",
+        check=calling_ae_list,
+    )
+    receive_max_pdu: int = setting(
+        "FRAMECDN_RECEIVE_MAX_PDU", 262144,
+        "Largest PDU the receiver accepts, in bytes (senders cut data to fit).",
+        check=between(4096, 16 * 1024 * 1024),
+    )
+    receive_max_associations: int = setting(
+        "FRAMECDN_RECEIVE_MAX_ASSOCIATIONS", 8,
+        "Associations the receiver serves at once; more are refused (the sender retries).",
+        check=at_least(1),
+    )
+    receive_timeout: float = setting(
+        "FRAMECDN_RECEIVE_TIMEOUT", 60.0,
+        "Seconds the receiver waits for a sender to negotiate or send data before it "
+        "aborts the association.",
+        check=positive,
+    )
+    receive_metrics_port: int = setting(
+        "FRAMECDN_RECEIVE_METRICS_PORT", 0,
+        "Port of the receiver's Prometheus `/metrics` (on `FRAMECDN_RECEIVE_HOST`); 0 is off.",
+        check=between(0, 65535),
+    )
+    receive_spool_dir: str | None = setting(
+        "FRAMECDN_RECEIVE_SPOOL_DIR", None,
+        "Directory where received instances are written while they are ingested (as large "
+        "as the instances in flight); unset means the system's temporary directory.",
+    )
+
+
+@dataclass(frozen=True)
 class Settings(
+    ReceiveSettings,
     FollowSettings,
     IngestSettings,
     RenderSettings,
@@ -780,6 +857,7 @@ class Settings(
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_access_control(self)
+        _check_receive(self)
 
     def with_overrides(
         self, sources: Mapping[str, str] | None = None, **overrides: Any
@@ -821,6 +899,7 @@ SECTIONS: tuple[type[Section], ...] = (
     RenderSettings,
     IngestSettings,
     FollowSettings,
+    ReceiveSettings,
 )
 
 
@@ -832,6 +911,18 @@ def _check_field(f: Field[Any], value: Any, source: str) -> None:
         problem = check(value)
     if problem is not None:
         raise ConfigError(f"{source}={_show(value, f)} {problem}")
+
+
+def _check_receive(settings: Settings) -> None:
+    """Every site a calling AE title writes to is one of the sites."""
+    sites = {site.name for site in settings.sites}
+    for entry in settings.receive_calling_aes:
+        title, _, site = (part.strip() for part in entry.partition("="))
+        if site and site not in sites:
+            raise ConfigError(
+                f"FRAMECDN_RECEIVE_CALLING_AES sends {title!r} to site {site!r}, which is not "
+                f"in FRAMECDN_AUTH_SITES ({', '.join(sorted(sites)) or 'empty'})"
+            )
 
 
 def _check_access_control(settings: Settings) -> None:

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from framecdn.errors import Cancelled, FramecdnError, StoreError
+from framecdn.errors import BackendError, Cancelled, FramecdnError, StoreError
 from framecdn.framestore.bucket import MAX_PARTS, MIN_PART_BYTES, Bucket
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import FrameEntry, InstanceIndex, InvalidIndex, SourceInfo
@@ -66,6 +66,9 @@ class IngestResult:
     frames: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    #: A failure of the store or the machine, not of the file: the same file may be
+    #: stored later (a DICOM sender is told "out of resources" and retries).
+    retryable: bool = False
 
 
 @dataclass(slots=True)
@@ -194,9 +197,14 @@ class Ingestor:
         except Cancelled:
             raise  # the run was interrupted: the instance is not "failed"
         except (InvalidInstance, InvalidUID, FramecdnError) as exc:
-            return IngestResult(label, "failed", reason=str(exc), seconds=_since(started))
+            return IngestResult(
+                label, "failed", reason=str(exc), seconds=_since(started),
+                retryable=isinstance(exc, BackendError),
+            )
         except OSError as exc:
-            return IngestResult(label, "failed", reason=f"{exc}", seconds=_since(started))
+            return IngestResult(
+                label, "failed", reason=f"{exc}", seconds=_since(started), retryable=True
+            )
         except Exception as exc:  # a reader bug must not stop a directory run
             log.debug("unexpected error on %s", label, exc_info=True)
             reason = f"unexpected {type(exc).__name__}: {exc}"

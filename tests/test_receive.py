@@ -21,7 +21,9 @@ from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex
+from framecdn.framestore.s3 import make_client
 from framecdn.framestore.keys import InstanceKey, KeyLayout
 from framecdn.ingest.pipeline import IngestResult
 from framecdn.process_stop import stop_process
@@ -31,6 +33,7 @@ from framecdn.synthetic import write_encapsulated
 from tests.cli_fixtures import cli_environment, framecdn_command
 from tests.dicom_factory import small_instance
 from tests.origin_fixtures import free_port
+from tests.store_faults import own_store
 
 TITLE = "FRAMECDN"
 
@@ -47,11 +50,11 @@ class Receiver:
 def start_receiver(settings, tmp_path) -> Iterator:
     started: list[Receiver] = []
 
-    def start(**env: str) -> Receiver:
+    def start(store: Settings | None = None, **env: str) -> Receiver:
         port = free_port()
         log = tmp_path / f"receive-{port}.log"
         environ = dict(
-            cli_environment(settings), FRAMECDN_RECEIVE_PORT=str(port),
+            cli_environment(store or settings), FRAMECDN_RECEIVE_PORT=str(port),
             FRAMECDN_RECEIVE_SPOOL_DIR=str(tmp_path / "spool"), **env,
         )
         with log.open("w") as out:
@@ -226,3 +229,23 @@ def test_an_unknown_calling_ae_is_refused_and_a_site_caller_writes_under_its_sit
     south = settings.with_overrides(prefix=f"{settings.prefix}/clinic-s")
     assert stored_index(s3_client, settings, path) is None
     assert_frames_stored(s3_client, south, path)
+
+
+def test_with_the_store_down_the_sender_hears_out_of_resources_and_a_resend_stores_it(
+    start_receiver, tmp_path
+) -> None:
+    with own_store(tmp_path / "store") as store:
+        store_settings = store.settings(prefix="received")
+        receiver = start_receiver(store_settings, FRAMECDN_S3_CONNECT_TIMEOUT="2")
+        client = make_client(store_settings)
+        first = small_instance(tmp_path / "first.dcm", frames=2)
+        assert send(receiver.port, first) == [0x0000]
+        store.stop()
+        second = small_instance(tmp_path / "second.dcm", frames=3)
+        assert send(receiver.port, second) == [0xA700]
+        assert "store_failed" in receiver.output()
+        store.start()
+        assert stored_index(client, store_settings, second) is None
+        assert send(receiver.port, second) == [0x0000]
+        assert_frames_stored(client, store_settings, first)
+        assert_frames_stored(client, store_settings, second)

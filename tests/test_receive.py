@@ -23,8 +23,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from framecdn.framestore.config import Settings
 from framecdn.framestore.index import InstanceIndex
-from framecdn.framestore.s3 import make_client
 from framecdn.framestore.keys import InstanceKey, KeyLayout
+from framecdn.framestore.s3 import make_client
 from framecdn.ingest.pipeline import IngestResult
 from framecdn.process_stop import stop_process
 from framecdn.receive import status

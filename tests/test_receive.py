@@ -252,3 +252,28 @@ def test_with_the_store_down_the_sender_hears_out_of_resources_and_a_resend_stor
         assert send(receiver.port, second) == [0x0000]
         assert_frames_stored(client, store_settings, first)
         assert_frames_stored(client, store_settings, second)
+
+
+def test_an_orthanc_forwards_a_study_to_the_receiver_as_a_dicom_modality(
+    start_receiver, orthanc, s3_client, settings, tmp_path
+) -> None:
+    """Orthanc's own C-STORE SCU (``/modalities/{id}/store``), as a routing rule sends."""
+    receiver = start_receiver(FRAMECDN_RECEIVE_CALLING_AES="ORTHANC")
+    study = generate_uid()
+    paths = [
+        small_instance(tmp_path / f"i{n}.dcm", study=study, frames=2 + n, seed=n)
+        for n in range(3)
+    ]
+    ids = [orthanc.upload(path) for path in paths]
+    with orthanc.client(timeout=120) as http:
+        http.put(
+            "/modalities/framecdn",
+            json={"AET": TITLE, "Host": "127.0.0.1", "Port": receiver.port},
+        ).raise_for_status()
+        echo = http.post("/modalities/framecdn/echo", json={})
+        assert echo.status_code == 200, echo.text
+        sent = http.post("/modalities/framecdn/store", json={"Resources": ids})
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["InstancesCount"] == 3, sent.text
+    for path in paths:
+        assert_frames_stored(s3_client, settings, path)

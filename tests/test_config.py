@@ -217,3 +217,24 @@ def test_settings_are_their_sections_and_each_setting_is_in_one() -> None:
     assert all(issubclass(Settings, section) for section in SECTIONS)
     assert [f.name for f in fields(Settings)][:3] == ["s3_endpoint", "s3_public_endpoint",
                                                       "bucket"]  # storage first
+
+
+def test_a_site_reads_its_subprefix_under_the_prefix() -> None:
+    """The one place a site's key prefix is made (the origin's scope and the receiver)."""
+    from framecdn.framestore.config import Site
+
+    assert Site.parse("north").prefix_under("") == "north/"
+    assert Site.parse("south=clinic-s/").prefix_under("/shared") == "shared/clinic-s/"
+    settings = Settings.from_env({"FRAMECDN_AUTH_SITES": "a, b=x/y", "FRAMECDN_PREFIX": "p"})
+    assert [site.prefix_under(settings.prefix) for site in settings.sites] == ["p/a/", "p/x/y/"]
+
+
+def test_a_calling_ae_title_must_send_to_a_configured_site() -> None:
+    with pytest.raises(ConfigError, match="not in FRAMECDN_AUTH_SITES"):
+        Settings.from_env({"FRAMECDN_RECEIVE_CALLING_AES": "PACS=nowhere"})
+    with pytest.raises(ConfigError, match="AE title that is not 1-16 printable"):
+        Settings.from_env({"FRAMECDN_RECEIVE_CALLING_AES": "WAY-TOO-LONG-AE-TITLE"})
+    ok = Settings.from_env(
+        {"FRAMECDN_AUTH_SITES": "north", "FRAMECDN_RECEIVE_CALLING_AES": "PACS=north,CT1"}
+    )
+    assert ok.receive_calling_aes == ("PACS=north", "CT1")

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from framecdn.errors import ConfigError
+from framecdn.framestore.keys import normalize_prefix
 
 T = TypeVar("T")
 
@@ -170,7 +171,7 @@ def ae_title(value: str) -> str | None:
     if not value.strip():
         return "must not be empty"
     if len(value) > 16 or not all(" " <= c <= "~" and c != "\\" for c in value):
-        return "is not an AE title (at most 16 printable ASCII characters, no backslash)"
+        return "is not 1-16 printable ASCII characters without a backslash"
     return None
 
 
@@ -181,7 +182,7 @@ def calling_ae_list(values: tuple[str, ...]) -> str | None:
         title, _, _site = (part.strip() for part in entry.partition("="))
         problem = ae_title(title)
         if problem:
-            return f"has an entry whose AE title {problem}: {entry!r}"
+            return f"has an AE title that {problem}: {entry!r}"
         titles.append(title)
     if len(set(titles)) != len(titles):
         return "names an AE title twice"
@@ -213,6 +214,10 @@ class Site:
         if sub and not re.fullmatch(r"[A-Za-z0-9._\-/]+", sub):
             raise ValueError(f"has a site prefix that is not key-safe: {entry!r}")
         return cls(name, sub or name)
+
+    def prefix_under(self, base: str) -> str:
+        """This site's key prefix: ``FRAMECDN_PREFIX`` (``base``) then its subprefix."""
+        return normalize_prefix(base) + normalize_prefix(self.subprefix)
 
 
 def site_list(values: tuple[str, ...]) -> str | None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 
 from framecdn.framestore.config import Settings
-from framecdn.framestore.keys import KeyLayout, normalize_prefix
+from framecdn.framestore.keys import KeyLayout
 
 if TYPE_CHECKING:
     from framecdn.origin.app import Origin
@@ -91,12 +91,9 @@ class Sites:
     """
 
     def __init__(self, settings: Settings) -> None:
-        base = normalize_prefix(settings.prefix)
-        self.layouts: dict[str, KeyLayout] = {}
-        for entry in settings.auth_sites:
-            name, _, sub = entry.partition("=")
-            name = name.strip()
-            self.layouts[name] = KeyLayout(base + normalize_prefix(sub.strip() or name))
+        self.layouts: dict[str, KeyLayout] = {
+            site.name: KeyLayout(site.prefix_under(settings.prefix)) for site in settings.sites
+        }
         self.own = KeyLayout(settings.prefix)
         self.upstream_site = settings.auth_upstream_site
 

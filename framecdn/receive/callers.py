@@ -25,7 +25,7 @@ class Callers:
         cls, storage: StorageSettings, access: AccessSettings, receive: ReceiveSettings
     ) -> Callers:
         base = normalize_prefix(storage.prefix)
-        sites = {site.name: base + normalize_prefix(site.subprefix) for site in access.sites}
+        sites = {site.name: site.prefix_under(storage.prefix) for site in access.sites}
         prefixes = {}
         for entry in receive.receive_calling_aes:
             title, _, site = (part.strip() for part in entry.partition("="))

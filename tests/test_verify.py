@@ -196,7 +196,8 @@ def test_a_dangling_index_is_found_and_removed(
     for key in list_keys(s3_client, settings.bucket, committed):
         s3_client.delete_object(Bucket=settings.bucket, Key=key)
     code, out = cli(monkeypatch, s3_store, settings, capsys, STUDY)
-    assert code == 1 and out.count(f"{STUDY}.1.3: ") == 4  # 3 frames and the metadata
+    # 3 frames, the metadata and the part10 object
+    assert code == 1 and out.count(f"{STUDY}.1.3: ") == 5
     code, out = cli(monkeypatch, s3_store, settings, capsys, STUDY, "--repair")
     assert code == 0
     assert list_keys(s3_client, settings.bucket, layout.instance_prefix(index.key)) == []
@@ -257,3 +258,37 @@ def test_usage_errors(monkeypatch, s3_store, settings, capsys):
     assert cli(monkeypatch, s3_store, settings, capsys, STUDY, "--all")[0] == 2
     assert cli(monkeypatch, s3_store, settings, capsys, "1.2.x")[0] == 2
     assert cli(monkeypatch, s3_store, settings, capsys, STUDY, "--source", "/nonexistent")[0] == 2
+
+
+def test_a_corrupt_part10_object_is_found_and_one_without_is_counted(
+    monkeypatch, s3_store, settings, capsys, s3_client, stored
+):
+    layout = KeyLayout(settings.prefix)
+    part10_key = layout.part10_of(stored[1][1])
+    raw = bytearray(get(s3_client, settings, part10_key))
+    raw[len(raw) // 2] ^= 0xFF  # same size: only the checksum can tell
+    put(s3_client, settings, part10_key, bytes(raw))
+    # An index that names no part10 object: what an instance ingested before it has.
+    index_key = layout.index(stored[2][1].key)
+    old = InstanceIndex.from_json(get(s3_client, settings, index_key))
+    old.extra.pop("part10")
+    put(s3_client, settings, index_key, old.to_json())
+    code, out = cli(monkeypatch, s3_store, settings, capsys, STUDY)
+    assert code == 1
+    assert f"{STUDY}.1.1: part10:" in out
+    assert f"{STUDY}.1.2" not in out.split("checked")[0]  # not damage, only counted
+    assert "1 instance without a part10 object" in out
+    report = verify(Bucket.from_settings(settings), layout, study=STUDY)
+    assert [(f.kind, f.instance) for f in report.findings] == [
+        ("part10-invalid", stored[1][1].key)
+    ]
+    assert report.without_part10 == 1
+
+
+def test_every_kind_of_finding_has_a_label() -> None:
+    import typing
+
+    from framecdn.cli.verify import LABELS
+    from framecdn.maintenance.verify import Kind
+
+    assert set(LABELS) == set(typing.get_args(Kind))

@@ -42,6 +42,7 @@ LABELS = {
     "metadata-mismatch": "DAMAGED",
     "invalid-index": "DAMAGED",
     "source-mismatch": "DIFFERS",
+    "part10-invalid": "DAMAGED",
     "orphan": "ORPHAN",
     "old-generation": "OLD",
     "unreadable": "UNREADABLE",
@@ -190,6 +191,11 @@ def summary(report: VerifyReport, *, repaired: bool) -> str:
         checked += (
             f"; {count(report.schema_1, 'instance')} in the schema-1 layout "
             "(served as is; ingest again to move into generations)"
+        )
+    if report.without_part10:
+        checked += (
+            f"; {count(report.without_part10, 'instance')} without a part10 object "
+            "(whole-instance retrieval cannot give back their original bytes)"
         )
     damaged = report.damaged
     if not damaged:

@@ -33,6 +33,7 @@ from framecdn.errors import FramecdnError, ObjectMissing, StoreError
 from framecdn.framestore.bucket import Bucket, StoredObject
 from framecdn.framestore.index import FrameEntry, InstanceIndex, InvalidIndex
 from framecdn.framestore.keys import InstanceKey, KeyLayout
+from framecdn.framestore.part10 import InvalidPart10, Part10
 from framecdn.maintenance.eviction import evict_objects
 from framecdn.maintenance.inventory import (
     GenerationInventory,
@@ -52,6 +53,7 @@ Kind = Literal[
     "metadata-mismatch",
     "invalid-index",
     "source-mismatch",
+    "part10-invalid",
     "orphan",
     "old-generation",
     "unreadable",
@@ -66,6 +68,9 @@ DAMAGE: frozenset[Kind] = frozenset(
         "metadata-mismatch",
         "invalid-index",
         "source-mismatch",
+        # Retrieval would rebuild the file from metadata and frames, never serve it
+        # wrong, but it is no longer the ingested file: ingest again.
+        "part10-invalid",
     }
 )
 #: Findings about objects no index serves: repaired by deleting them.
@@ -126,6 +131,9 @@ class VerifyReport:
     bytes_read: int = 0
     compared: int = 0  # instances checked against the reference
     schema_1: int = 0  # instances still in the layout before generations (served as is)
+    #: Committed instances without a part10 object (ingested before it existed, or from
+    #: a deflated or byte-swapped file): retrieved as a file rebuilt, not the original.
+    without_part10: int = 0
     findings: list[Finding] = field(default_factory=list)
     pending: list[Pending] = field(default_factory=list)
     repairs: list[Repair] = field(default_factory=list)
@@ -188,6 +196,7 @@ def verify(
             report.instances += 1
             report.checked[instance.key] = instance.index
             report.schema_1 += instance.index.generation is None
+            report.without_part10 += instance.index.part10 is None
         _sort_leftovers(instance, now - grace, report)
     return report
 
@@ -268,11 +277,42 @@ def _check_instance(
     if problem is not None:
         kind = "missing-metadata" if problem[0] == "missing-frame" else "metadata-mismatch"
         checked.findings.append(Finding(kind, key, f"metadata: {problem[1]}", index.generation))
+    part10 = _check_part10(bucket, layout, index, stored, check_bytes)
+    checked.findings += part10.findings
+    checked.bytes_read += part10.bytes_read
     if reference is not None:
         truth = reference.frames(key)
         if truth is not None:
             checked.compared = True
             checked.findings += _compare(key, index, truth)
+    return checked
+
+
+def _check_part10(
+    bucket: Bucket,
+    layout: KeyLayout,
+    index: InstanceIndex,
+    stored: dict[str, StoredObject],
+    check_bytes: bool,
+) -> Checked:
+    """The part10 object the index names: present, its size and SHA-256, and a format
+    that stitches within the indexed frames."""
+    checked = Checked()
+    entry = index.part10
+    if entry is None or index.generation is None:
+        return checked
+    object_key = layout.part10_of(index)
+    problem, read = _check_object(bucket, stored.get(object_key), object_key, entry, check_bytes)
+    checked.bytes_read = read
+    if problem is None and check_bytes:
+        try:
+            parsed = Part10.from_bytes(bucket.get(object_key))
+            parsed.check_frames([frame.size for frame in index.frames])
+        except (InvalidPart10, ObjectMissing) as exc:
+            problem = ("part10-invalid", str(exc))
+    if problem is not None:
+        detail = f"part10: {problem[1]}"
+        checked.findings.append(Finding("part10-invalid", index.key, detail, index.generation))
     return checked
 
 

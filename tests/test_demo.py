@@ -53,7 +53,7 @@ def test_demo_serves_the_generated_study_and_stops_cleanly(tmp_path, stop) -> No
             capture_output=True, text=True, timeout=60,
         )
         assert stats.returncode == 0, stats.stderr
-        assert "prefix 'demo/': 1 study, 1 instance, 6 objects" in stats.stdout
+        assert "prefix 'demo/': 1 study, 1 instance, 7 objects" in stats.stdout
 
         process.send_signal(stop)
         rest, _ = process.communicate(timeout=60)

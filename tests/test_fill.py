@@ -154,7 +154,8 @@ def test_a_failed_fill_leaves_nothing_visible_and_the_next_miss_fills(
                                                               key.instance]]})
         fill.wait_idle()
         assert fill.filler.status()["ingested"] == 1
-        assert len(stored_keys(settings, instance)) == len(instance.frames) + 2
+        # the frames, the metadata, the part10 object and the index
+        assert len(stored_keys(settings, instance)) == len(instance.frames) + 3
 
 
 def test_an_instance_the_upstream_lacks_fails_cleanly(

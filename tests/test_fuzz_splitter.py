@@ -564,5 +564,7 @@ def test_refused_files_leave_nothing_in_the_bucket(s3_client, settings, tmp_path
     expected_keys = set()
     for key, index in committed.items():
         expected_keys |= {layout.index(key), layout.metadata_of(index)}
+        if index.part10 is not None:
+            expected_keys.add(layout.part10_of(index))
         expected_keys |= {layout.frame_of(index, n) for n in range(1, index.number_of_frames + 1)}
     assert set(list_keys(s3_client, settings.bucket, layout.prefix)) == expected_keys

@@ -30,7 +30,8 @@ def ingest(tmp_path, settings, n: int, frames: int = 3, side: int = 32):
 
 
 def instance_bytes(index) -> int:
-    return index.total_frame_bytes + index.metadata_size + len(index.to_json())
+    part10 = index.part10.size if index.part10 else 0
+    return index.total_frame_bytes + index.metadata_size + part10 + len(index.to_json())
 
 
 def test_stats_counts_ages_pinned_and_expiry(s3_client, own_bucket, tmp_path):
@@ -47,7 +48,7 @@ def test_stats_counts_ages_pinned_and_expiry(s3_client, own_bucket, tmp_path):
     now = datetime.now(UTC)
     [found] = stats.collect(store, layout, now=now)
 
-    assert (found.studies, found.instances, found.objects) == (2, 2, 5 + 4)
+    assert (found.studies, found.instances, found.objects) == (2, 2, 5 + 4 + 2)  # frames, metadata and index; a part10 each
     assert found.bytes == instance_bytes(first) + instance_bytes(second)
     assert found.oldest.study == first.study_instance_uid
     assert found.newest.study == second.study_instance_uid
@@ -73,7 +74,7 @@ def test_stats_counts_ages_pinned_and_expiry(s3_client, own_bucket, tmp_path):
     text = render(found)
     assert f"oldest study {first.study_instance_uid}" in text
     assert "pinned (framecdn-retention=pinned): 1 study," in text
-    assert "2 studies, 2 instances, 9 objects" in text
+    assert "2 studies, 2 instances, 11 objects" in text
 
 
 def test_expires_at_follows_aws_rounding_and_filters():
@@ -118,4 +119,4 @@ def test_all_prefixes_and_cli_json(s3_client, own_bucket, tmp_path, monkeypatch,
     assert run_cli(argv, monkeypatch, s3_store) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [p["prefix"] for p in printed] == ["clinic-a/", "clinic-b/site-1/"]
-    assert printed[1]["objects"] == 10
+    assert printed[1]["objects"] == 12

@@ -48,7 +48,8 @@ def test_stats_counts_ages_pinned_and_expiry(s3_client, own_bucket, tmp_path):
     now = datetime.now(UTC)
     [found] = stats.collect(store, layout, now=now)
 
-    assert (found.studies, found.instances, found.objects) == (2, 2, 5 + 4 + 2)  # frames, metadata and index; a part10 each
+    # frames, metadata and index, and a part10 object each
+    assert (found.studies, found.instances, found.objects) == (2, 2, 5 + 4 + 2)
     assert found.bytes == instance_bytes(first) + instance_bytes(second)
     assert found.oldest.study == first.study_instance_uid
     assert found.newest.study == second.study_instance_uid
